@@ -1,0 +1,52 @@
+"""Command-line interface: ``udavae <command> ...``.
+
+Each sub-module registers its commands through ``register(subparsers)`` and sets ``func`` on its parser;
+errors a user can fix (:class:`UserError`, ``ValueError``, ``FileNotFoundError``) are printed as one
+clear line and give exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from udavae.errors import UserError
+
+_COMMAND_MODULES = ("data_cmd", "model_cmd", "train_cmd", "eval_cmd", "demo_cmd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="udavae",
+        description="Unsupervised domain adaptation for cardiac segmentation (UDA-VAE++ and baselines).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"udavae.cli.{name}")
+        except ModuleNotFoundError as exc:  # a command module not written yet
+            if exc.name == f"udavae.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``udavae`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"udavae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
