@@ -1,0 +1,126 @@
+"""NIfTI reading and writing with the geometry kept (nibabel).
+
+Arrays keep nibabel's axis order (x, y, z): a 2-D slice is ``data[:, :, k]``. Writing a mask "like" an
+input copies the input's affine and header, so shape, spacing, origin and direction are those of the
+input exactly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from udavae.errors import DataError
+from udavae.fileio import atomic_path
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class Volume:
+    """A 3-D image and its geometry.
+
+    Attributes:
+        data: array of shape (x, y, z).
+        affine: 4x4 voxel-to-world matrix (origin and direction).
+        spacing: voxel size in mm along x, y, z.
+        header: the original NIfTI header (copied when writing a volume "like" this one).
+        path: the file it was read from.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    header: nib.Nifti1Header
+    path: Path
+
+
+def is_nifti(path: Path) -> bool:
+    """True for ``*.nii`` / ``*.nii.gz`` file names."""
+    return path.name.endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(name: str) -> str:
+    """``patient1_C0.nii.gz`` -> ``patient1_C0``."""
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_header(path: str | Path) -> nib.Nifti1Image:
+    """Open a NIfTI file lazily (header only), with a clear error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise DataError(f"{path}: not a readable NIfTI file ({exc})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    return img
+
+
+def load_volume(path: str | Path, dtype: type | None = np.float32, require_3d: bool = True) -> Volume:
+    """Read a NIfTI volume and its geometry.
+
+    A trailing singleton 4th axis is dropped. Errors name the file: missing, corrupt gzip, truncated
+    data, not 3-D.
+    """
+    path = Path(path)
+    img = read_header(path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        raise DataError(f"{path}: corrupt or truncated data ({exc})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if require_3d and data.ndim != 3:
+        raise DataError(f"{path}: expected a 3-D volume, got {data.ndim}-D with shape {data.shape}")
+    if dtype is not None:
+        data = np.asarray(data, dtype=dtype)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    spacing = (zooms + (1.0, 1.0, 1.0))[:3]
+    return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), spacing=spacing,  # type: ignore[arg-type]
+                  header=img.header, path=path)
+
+
+def save_like(data: np.ndarray, reference: Volume, path: str | Path, dtype: type = np.int16) -> Path:
+    """Write ``data`` with the affine and header of ``reference``, atomically.
+
+    Raises:
+        ValueError: ``data`` does not have the reference's shape.
+    """
+    path = Path(path)
+    if tuple(data.shape) != tuple(reference.data.shape):
+        raise ValueError(f"cannot write {path}: shape {data.shape} != reference shape {reference.data.shape}")
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine, header=header)
+    # Keep the reference's qform/sform codes (nibabel resets them when the affine is passed).
+    img.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
+    img.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
+    img.header["scl_slope"] = 1.0
+    img.header["scl_inter"] = 0.0
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
+def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path, spacing: tuple[float, ...] | None = None,
+                dtype: type | None = None) -> Path:
+    """Write a new NIfTI volume (no reference header), atomically."""
+    path = Path(path)
+    arr = np.asarray(data, dtype=dtype) if dtype is not None else np.asarray(data)
+    img = nib.Nifti1Image(arr, affine)
+    if spacing is not None:
+        img.header.set_zooms(tuple(spacing)[: arr.ndim])
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path

@@ -1,0 +1,168 @@
+"""Preprocessing declared as data, and its inverse for prediction.
+
+A volume of shape (x, y, z) with spacing (sx, sy, sz) goes through:
+
+1. intensities to [0, 1]: per-volume percentile clipping then min-max (``percentile``), plain min-max
+   (``minmax``) or nothing (``none``, for data already in [0, 1]);
+2. optional in-plane resampling to ``target_spacing`` (bilinear for images, nearest for labels);
+3. centre crop or zero-pad in-plane to ``size``.
+
+The result is a stack of 2-D slices (z, H, W). :meth:`Preprocessing.invert_probabilities` maps network
+class probabilities back to the original grid (padding removed, cropped border filled with background,
+bilinear resampling back), so predicted masks have the input's exact shape and geometry.
+The same object is stored in ``dataset.json`` and with each trained model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+INTENSITY_MODES = ("percentile", "minmax", "none")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What :meth:`Preprocessing.invert_probabilities` needs to return to the original grid."""
+
+    shape: tuple[int, int, int]  # original (x, y, z)
+    resampled: tuple[int, int]  # in-plane shape after resampling (before crop/pad)
+
+
+@dataclass
+class Preprocessing:
+    """Intensity normalisation, in-plane resampling and crop/pad, as stored data.
+
+    Attributes:
+        intensity: ``percentile`` | ``minmax`` | ``none``.
+        lower / upper: clipping percentiles for ``percentile``.
+        target_spacing: in-plane spacing (mm) to resample to, or None to keep the native grid.
+        size: in-plane (H, W) after centre crop / pad.
+    """
+
+    intensity: str = "percentile"
+    lower: float = 0.5
+    upper: float = 99.5
+    target_spacing: tuple[float, float] | None = None
+    size: tuple[int, int] = (192, 192)
+
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"preprocessing.intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
+        if not 0 <= self.lower < self.upper <= 100:
+            raise ValueError(f"need 0 <= lower < upper <= 100 percentiles, got {self.lower}, {self.upper}")
+        self.size = tuple(int(s) for s in self.size)  # type: ignore[assignment]
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"preprocessing.size must be two positive integers, got {self.size}")
+        if self.target_spacing is not None:
+            self.target_spacing = tuple(float(s) for s in self.target_spacing)  # type: ignore[assignment]
+            if len(self.target_spacing) != 2 or min(self.target_spacing) <= 0:
+                raise ValueError(f"preprocessing.target_spacing must be two positive numbers, got {self.target_spacing}")
+
+    # ------------------------------------------------------------------ serialise
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        d["target_spacing"] = list(self.target_spacing) if self.target_spacing else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
+        if known.get("target_spacing") is not None:
+            known["target_spacing"] = tuple(known["target_spacing"])
+        if "size" in known:
+            known["size"] = tuple(known["size"])
+        return cls(**known)
+
+    # ------------------------------------------------------------------ forward
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """Intensities of one volume to [0, 1] (float32)."""
+        img = np.asarray(image, dtype=np.float32)
+        if self.intensity == "none":
+            return np.clip(img, 0.0, 1.0)
+        if self.intensity == "percentile":
+            lo, hi = np.percentile(img, [self.lower, self.upper])
+        else:
+            lo, hi = float(img.min()), float(img.max())
+        if hi <= lo:
+            return np.zeros_like(img)
+        return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+    def _resampled_shape(self, shape: tuple[int, int], spacing: tuple[float, ...]) -> tuple[int, int]:
+        if self.target_spacing is None:
+            return shape
+        return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing[:2], self.target_spacing))  # type: ignore[return-value]
+
+    def geometry(self, shape: tuple[int, ...], spacing: tuple[float, ...]) -> Geometry:
+        """The geometry record of a volume of this shape / spacing."""
+        x, y, z = (int(s) for s in shape)
+        return Geometry(shape=(x, y, z), resampled=self._resampled_shape((x, y), spacing))
+
+    def image(self, volume: np.ndarray, spacing: tuple[float, ...]) -> tuple[torch.Tensor, Geometry]:
+        """Preprocess an image volume (x, y, z) -> float32 slices (z, H, W) in [0, 1]."""
+        geom = self.geometry(volume.shape, spacing)
+        slices = torch.from_numpy(np.ascontiguousarray(self.normalize(volume).transpose(2, 0, 1)))
+        if geom.resampled != tuple(slices.shape[1:]):
+            slices = F.interpolate(slices[:, None], size=geom.resampled, mode="bilinear",
+                                   align_corners=False, antialias=True)[:, 0].clamp_(0, 1)
+        return crop_or_pad(slices, self.size), geom
+
+    def label(self, classes: np.ndarray, spacing: tuple[float, ...]) -> torch.Tensor:
+        """Preprocess a class-index volume (x, y, z) -> uint8 slices (z, H, W) (nearest resampling)."""
+        geom = self.geometry(classes.shape, spacing)
+        slices = torch.from_numpy(np.ascontiguousarray(np.asarray(classes, dtype=np.uint8).transpose(2, 0, 1)))
+        if geom.resampled != tuple(slices.shape[1:]):
+            slices = F.interpolate(slices[:, None].float(), size=geom.resampled,
+                                   mode="nearest-exact")[:, 0].to(torch.uint8)
+        return crop_or_pad(slices, self.size)
+
+    # ------------------------------------------------------------------ inverse
+    def invert_probabilities(self, probs: torch.Tensor, geom: Geometry) -> torch.Tensor:
+        """Class probabilities (z, K, H, W) on the network grid -> (K, x, y, z) on the original grid.
+
+        Regions cropped away before the network saw them get probability 1 for background.
+        """
+        z, k = probs.shape[:2]
+        rx, ry = geom.resampled
+        back = uncrop_or_unpad(probs, (rx, ry), fill_channel0=1.0)
+        if (rx, ry) != geom.shape[:2]:
+            back = F.interpolate(back, size=geom.shape[:2], mode="bilinear", align_corners=False)
+        return back.permute(1, 2, 3, 0)
+
+
+def _offsets(n: int, s: int) -> tuple[int, int]:
+    """(source start, target start) of a centred crop/pad of length ``n`` -> ``s``."""
+    return ((n - s) // 2, 0) if n >= s else (0, (s - n) // 2)
+
+
+def crop_or_pad(slices: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Centre-crop or zero-pad the last two axes of (z, H, W) to ``size``."""
+    z, h, w = slices.shape
+    (sh, th), (sw, tw) = _offsets(h, size[0]), _offsets(w, size[1])
+    lh, lw = min(h, size[0]), min(w, size[1])
+    out = slices.new_zeros((z, *size))
+    out[:, th:th + lh, tw:tw + lw] = slices[:, sh:sh + lh, sw:sw + lw]
+    return out
+
+
+def uncrop_or_unpad(x: torch.Tensor, shape: tuple[int, int], fill_channel0: float = 0.0) -> torch.Tensor:
+    """Inverse of :func:`crop_or_pad` for (z, C, H, W): back to in-plane ``shape``.
+
+    Cropped-away border is filled with zeros, except channel 0 which gets ``fill_channel0`` (so class
+    probabilities there say "background").
+    """
+    z, c, h, w = x.shape
+    (th, sh), (tw, sw) = _offsets(shape[0], h), _offsets(shape[1], w)
+    lh, lw = min(h, shape[0]), min(w, shape[1])
+    out = x.new_zeros((z, c, *shape))
+    out[:, 0] = fill_channel0
+    out[:, :, th:th + lh, tw:tw + lw] = x[:, :, sh:sh + lh, sw:sw + lw]
+    return out

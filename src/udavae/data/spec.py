@@ -1,0 +1,215 @@
+"""The canonical description of a prepared dataset: ``dataset.json`` beside ``<domain>/images|labels``.
+
+In the spirit of nnU-Net's dataset.json + imagesTr/labelsTr, one JSON file declares:
+
+- ``name``: dataset name;
+- ``labels``: structure name -> code as stored in the label files (class index = position + 1;
+  0 is background); ``background_codes``: further codes mapped to background (e.g. MM-WHS AA/PA when
+  not segmented);
+- ``domains``: domain name -> list of cases ``{"id", "image", "label"?}`` (paths relative to the root);
+- ``splits``: domain name -> split name -> case ids (e.g. ``LGE: {val: [...], test: [...]}``);
+- ``preprocessing``: how images are normalised and sized (:mod:`udavae.data.preprocessing`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from udavae.data.preprocessing import Preprocessing
+from udavae.errors import DataError
+from udavae.fileio import read_json, write_json
+
+SPEC_FILE = "dataset.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Case:
+    """One volume of a domain: an image and, when labelled, its label file (paths relative to root)."""
+
+    id: str
+    image: str
+    label: str | None = None
+
+
+@dataclass
+class LabelMap:
+    """Structure names and their codes in the label files.
+
+    Class indices are 0 = background, then 1..K-1 in the order of ``codes``.
+    """
+
+    codes: dict[str, int]
+    background_codes: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        if not self.codes:
+            raise ValueError("a label map needs at least one structure")
+        values = list(self.codes.values())
+        if len(set(values)) != len(values):
+            raise ValueError(f"label codes must be distinct: {self.codes}")
+        clash = set(values) & set(self.background_codes)
+        if clash:
+            raise ValueError(f"codes {sorted(clash)} are both structures and background")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.codes) + 1
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """Class index -> name (background excluded)."""
+        return {i + 1: name for i, name in enumerate(self.codes)}
+
+    @property
+    def valid_codes(self) -> set[int]:
+        """Every code allowed in a label file."""
+        return set(self.codes.values()) | set(self.background_codes)
+
+    def to_classes(self, codes: np.ndarray, source: str | Path = "label volume") -> np.ndarray:
+        """Map a label array of file codes to class indices (uint8).
+
+        Raises:
+            DataError: a code outside the map occurs (naming ``source`` and the offending codes).
+        """
+        rounded = np.rint(codes).astype(np.int64)
+        if np.any(np.abs(codes - rounded) > 1e-3):
+            raise DataError(f"{source}: label volume holds non-integer values")
+        present = np.unique(rounded)
+        unknown = sorted(set(present.tolist()) - self.valid_codes)
+        if unknown:
+            raise DataError(
+                f"{source}: label codes {unknown} are not in the label map "
+                f"{dict(self.codes)} (background {list(self.background_codes)})"
+            )
+        out = np.zeros(rounded.shape, dtype=np.uint8)
+        for cls, code in enumerate(self.codes.values(), start=1):
+            out[rounded == code] = cls
+        return out
+
+    def to_codes(self, classes: np.ndarray) -> np.ndarray:
+        """Map class indices back to the dataset's own codes (int16; background 0 -> first bg code)."""
+        lut = np.array([self.background_codes[0], *self.codes.values()], dtype=np.int64)
+        return lut[np.asarray(classes, dtype=np.int64)].astype(np.int16)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"codes": dict(self.codes), "background_codes": list(self.background_codes)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LabelMap:
+        return cls(codes={str(k): int(v) for k, v in d["codes"].items()},
+                   background_codes=tuple(int(c) for c in d.get("background_codes", [0])))
+
+
+@dataclass
+class DatasetSpec:
+    """A prepared dataset: label map, domains with cases, named splits and preprocessing."""
+
+    name: str
+    labels: LabelMap
+    domains: dict[str, list[Case]]
+    splits: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    description: str = ""
+    root: Path = Path(".")
+
+    # ----------------------------------------------------------------- access
+    def cases(self, domain: str) -> list[Case]:
+        """Cases of ``domain``; raises a clear error for an unknown domain."""
+        if domain not in self.domains:
+            raise DataError(f"dataset {self.name!r} has no domain {domain!r} (domains: {', '.join(self.domains)})")
+        return self.domains[domain]
+
+    def split(self, domain: str, split: str) -> list[Case]:
+        """Cases of a named split of ``domain``."""
+        by_id = {c.id: c for c in self.cases(domain)}
+        names = self.splits.get(domain, {})
+        if split not in names:
+            have = ", ".join(names) or "none"
+            raise DataError(f"dataset {self.name!r}: domain {domain!r} has no split {split!r} (splits: {have})")
+        return [by_id[i] for i in names[split]]
+
+    def path(self, rel: str) -> Path:
+        """Absolute path of a file named in the spec."""
+        p = Path(rel)
+        return p if p.is_absolute() else self.root / p
+
+    # ---------------------------------------------------------------- (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "labels": self.labels.to_dict(),
+            "domains": {
+                d: [{k: v for k, v in vars(c).items() if v is not None} for c in cases]
+                for d, cases in self.domains.items()
+            },
+            "splits": self.splits,
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+
+    def save(self, root: str | Path | None = None) -> Path:
+        """Write ``dataset.json`` atomically into ``root`` (default: ``self.root``)."""
+        root = Path(root) if root is not None else self.root
+        self.validate()
+        return write_json(root / SPEC_FILE, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], root: Path, source: str = SPEC_FILE) -> DatasetSpec:
+        try:
+            spec = cls(
+                name=str(d["name"]),
+                labels=LabelMap.from_dict(d["labels"]),
+                domains={
+                    str(dom): [Case(id=str(c["id"]), image=str(c["image"]), label=c.get("label"))
+                               for c in cases]
+                    for dom, cases in d["domains"].items()
+                },
+                splits={str(k): {str(s): [str(i) for i in ids] for s, ids in v.items()}
+                        for k, v in d.get("splits", {}).items()},
+                preprocessing=Preprocessing.from_dict(d.get("preprocessing", {})),
+                description=str(d.get("description", "")),
+                root=root,
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise DataError(f"{source}: malformed dataset description ({type(exc).__name__}: {exc})") from None
+        spec.validate(source)
+        return spec
+
+    @classmethod
+    def load(cls, root: str | Path) -> DatasetSpec:
+        """Read ``root/dataset.json`` (``root`` may also be the JSON file itself)."""
+        root = Path(root)
+        if root.is_file():
+            root = root.parent
+        if not root.exists():
+            raise DataError(f"dataset folder {root} not found")
+        d = read_json(root / SPEC_FILE, what="dataset description")
+        return cls.from_dict(d, root=root, source=str(root / SPEC_FILE))
+
+    def validate(self, source: str = SPEC_FILE) -> None:
+        """Structural checks of the description (not of the files: see :mod:`udavae.data.check`)."""
+        for dom, cases in self.domains.items():
+            ids = [c.id for c in cases]
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            if dup:
+                raise DataError(f"{source}: domain {dom!r} lists case ids twice: {dup}")
+        for dom, splits in self.splits.items():
+            if dom not in self.domains:
+                raise DataError(f"{source}: splits name unknown domain {dom!r}")
+            ids = {c.id for c in self.domains[dom]}
+            for s, members in splits.items():
+                missing = sorted(set(members) - ids)
+                if missing:
+                    raise DataError(f"{source}: split {dom}/{s} names unknown cases {missing}")
+
+
+def case_relpaths(domain: str, case_id: str, suffix: str = ".nii.gz") -> tuple[str, str]:
+    """Canonical relative (image, label) paths of a case: ``<domain>/images|labels/<id><suffix>``."""
+    return f"{domain}/images/{case_id}{suffix}", f"{domain}/labels/{case_id}{suffix}"
