@@ -34,6 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reexec_with_allocator_env() -> None:
+    """Restart this command once with glibc malloc tunables set (read only at process start).
+
+    Keeps freed activation memory in the heap instead of returning it to the kernel after every step;
+    see :mod:`udavae.engine.runtime`. Numerics are unchanged.
+    """
+    import os
+
+    from udavae.engine.runtime import allocator_env_missing
+
+    missing = allocator_env_missing()
+    if missing:
+        os.execve(sys.executable, [sys.executable, "-m", "udavae", *sys.argv[1:]], {**os.environ, **missing})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``udavae`` console script."""
     parser = build_parser()
@@ -41,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if argv is None and getattr(args, "tune_malloc", False):
+        _reexec_with_allocator_env()
     try:
         rc = args.func(args)
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:

@@ -61,7 +61,8 @@ class Preprocessing:
         if self.target_spacing is not None:
             self.target_spacing = tuple(float(s) for s in self.target_spacing)  # type: ignore[assignment]
             if len(self.target_spacing) != 2 or min(self.target_spacing) <= 0:
-                raise ValueError(f"preprocessing.target_spacing must be two positive numbers, got {self.target_spacing}")
+                raise ValueError(
+                    f"preprocessing.target_spacing must be two positive numbers, got {self.target_spacing}")
 
     # ------------------------------------------------------------------ serialise
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,84 @@
+"""``udavae model info``: parameter and FLOP counts of a preset (REFERENCE_SPEC s9)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from udavae.config import parse_overrides
+from udavae.methods.presets import PRESETS, PROFILES, build_config
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``model`` command (sub-command ``info``) to the top-level parser."""
+    parser = subparsers.add_parser("model", help="inspect model variants (parameters, FLOPs)",
+                                   description="Inspect the network and objective of a preset.")
+    sub = parser.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+    info = sub.add_parser(
+        "info", help="parameter counts and FLOPs of a preset",
+        description="Print the parameter count of the segmentation network and of everything trained, "
+                    "the FLOPs of one training step (forward + backward, BATCH source + BATCH target "
+                    "crops) and of one inference slice. Counted on the meta device: instant, no data.",
+    )
+    info.add_argument("--preset", default="udavae++", choices=list(PRESETS), help="method preset")
+    info.add_argument("--profile", default="paper", choices=list(PROFILES), help="compute profile")
+    info.add_argument("--crop", type=int, default=None, help="training crop side (default: the profile's)")
+    info.add_argument("--batch", type=int, default=None, help="per-domain batch (default: the profile's)")
+    info.add_argument("--classes", type=int, default=4, help="segmentation classes incl. background")
+    info.add_argument("--infer-size", type=int, default=192, help="side of the inference slice")
+    info.add_argument("--device", default="meta",
+                      help="where to count: meta (instant, default) or a real device such as cpu")
+    info.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                      help="config overrides, e.g. model.wiring=skip model.mean_head=gate")
+    info.set_defaults(func=_info)
+
+    def _usage(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=_usage)
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n:,} ({n / 1e6:.2f} M)"
+
+
+def _fmt_flops(n: int) -> str:
+    return f"{n / 1e12:.3f} TFLOP" if n >= 1e12 else f"{n / 1e9:.1f} GFLOP"
+
+
+def _info(args: argparse.Namespace) -> int:
+    from udavae.models.complexity import measure  # torch import only when the command runs
+
+    overrides: dict[str, Any] = dict(parse_overrides(args.overrides))
+    if args.crop is not None:
+        overrides["data.crop"] = args.crop
+    if args.batch is not None:
+        overrides["optim.batch_size"] = args.batch
+    if args.classes < 2:
+        raise ValueError(f"--classes must be >= 2, got {args.classes}")
+    if args.infer_size < 1:
+        raise ValueError(f"--infer-size must be >= 1, got {args.infer_size}")
+    cfg = build_config(args.preset, args.profile, overrides)
+    c = measure(cfg, args.classes, infer_size=args.infer_size, device=args.device)
+    m, me = cfg.model, cfg.method
+    smie = "+".join(n for n, on in (("global", me.mi_global), ("local", me.mi_local), ("prior", me.mi_prior))
+                    if on) if me.uses_mi else "off"
+    rows = [
+        ("segmentation network", _fmt_params(c.net_params)),
+        ("reconstruction decoders", _fmt_params(c.decoder_params)),
+        ("SMIE critics", _fmt_params(c.critic_params)),
+        ("trained in total", _fmt_params(c.trained_params)),
+        (f"training step (fwd+bwd, {c.batch}+{c.batch} crops {c.crop}x{c.crop})", _fmt_flops(c.step_flops)),
+        (f"inference ({c.infer_size}x{c.infer_size} slice, net forward)", _fmt_flops(c.inference_flops)),
+    ]
+    print(f"preset {args.preset} (profile {args.profile}): kind={me.kind} wiring={m.wiring} "
+          f"mean_head={m.mean_head} base_width={m.base_width} depth={m.depth} classes={args.classes} "
+          f"SMIE={smie}")
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    print(f"  (FLOPs: conv/linear/matmul, 1 MAC = 2 FLOP, counted on {c.device})")
+    return 0

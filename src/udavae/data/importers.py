@@ -1,0 +1,384 @@
+"""Importers: public datasets and a user's own NIfTI folder -> the canonical ``dataset.json`` layout.
+
+Every importer first scans its source and fails with a clear error (naming the folder or file) before
+writing anything, then copies the files byte for byte (or symlinks them with ``link=True``) to
+``OUT/<domain>/images|labels/<id>.nii.gz`` and writes ``OUT/dataset.json`` last, atomically. While an
+import runs, a marker file :data:`INCOMPLETE_MARKER` sits in ``OUT``, so an interrupted import is never
+mistaken for a complete one (``udavae data check`` reports it; re-running the import resumes).
+
+``OUT`` may be new, empty, an interrupted import, or an existing udavae dataset: then the imported domains
+are added (or replace same-named ones) and the label map must match. Any other non-empty folder is
+refused, so an import never overwrites unrelated files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from udavae.data.nifti import NIFTI_SUFFIXES, read_header, strip_nifti_suffix
+from udavae.data.preprocessing import Preprocessing
+from udavae.data.spec import SPEC_FILE, Case, DatasetSpec, LabelMap, case_relpaths
+from udavae.errors import UserError
+from udavae.fileio import atomic_path, ensure_writable_dir, write_text
+
+INCOMPLETE_MARKER = ".udavae_import_incomplete"
+
+#: MS-CMRSeg 2019 label codes (background 0).
+MSCMRSEG_LABELS: dict[str, int] = {"MYO": 200, "LV": 500, "RV": 600}
+#: MM-WHS 2017 label codes (background 0).
+MMWHS_CODES: dict[str, int] = {"MYO": 205, "LA": 420, "LV": 500, "RA": 550, "RV": 600, "AA": 820, "PA": 850}
+
+_DOMAIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class _Plan:
+    """What an importer will write: label map, per-domain (id, image, label) sources, splits."""
+
+    name: str
+    labels: LabelMap
+    domains: dict[str, list[tuple[str, Path, Path | None]]]
+    splits: dict[str, dict[str, list[str]]]
+    preprocessing: Preprocessing
+    description: str = ""
+    preprocessing_explicit: bool = False  # True: overrides an existing dataset's preprocessing
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key putting ``patient2`` before ``patient10``."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
+def _nifti_suffix(path: Path) -> str:
+    return next(s for s in NIFTI_SUFFIXES if path.name.endswith(s))
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise UserError(f"{what} {path} not found")
+    if not path.is_dir():
+        raise UserError(f"{what} {path} is not a folder")
+    return path
+
+
+# --------------------------------------------------------------------------- writing
+def _open_output(out: Path, src: Path) -> DatasetSpec | None:
+    """Check ``out`` may be written; return the existing dataset there, if any."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a folder")
+    if out.exists() and out.resolve() == src.resolve():
+        raise UserError(f"output folder {out} is the input folder; choose another output folder")
+    if not out.exists() or not any(out.iterdir()):
+        ensure_writable_dir(out)
+        return None
+    if (out / SPEC_FILE).is_file():
+        try:
+            return DatasetSpec.load(out)
+        except UserError as exc:
+            raise UserError(f"{out} holds a {SPEC_FILE} that cannot be read ({exc}); "
+                            "repair or remove it, or choose another output folder") from None
+    if (out / INCOMPLETE_MARKER).exists():
+        return None  # an interrupted import: redo it
+    raise UserError(f"output folder {out} is not empty and is not a udavae dataset (no {SPEC_FILE}); "
+                    "choose a new or empty folder")
+
+
+def _merge_labels(existing: LabelMap, new: LabelMap, out: Path) -> LabelMap:
+    """The existing map, extended by new background codes; a clear error when the structures differ."""
+    if list(existing.codes.items()) != list(new.codes.items()):
+        raise UserError(f"{out / SPEC_FILE}: label map {existing.codes} of the existing dataset differs from "
+                        f"the imported one {new.codes}; use the same structures and codes in the same order, "
+                        "or import into a new folder")
+    extra = [c for c in new.background_codes if c not in existing.background_codes]
+    return LabelMap(codes=dict(existing.codes), background_codes=(*existing.background_codes, *extra))
+
+
+def _place(src: Path, dest: Path, link: bool) -> None:
+    """Copy ``src`` byte for byte (or symlink it) onto ``dest`` atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp:
+        if link:
+            tmp.unlink()
+            os.symlink(src.resolve(), tmp)
+        else:
+            try:
+                shutil.copyfile(src, tmp)
+            except OSError as exc:
+                raise UserError(f"{src}: cannot copy to {dest} ({exc.strerror or exc})") from None
+
+
+def _write(plan: _Plan, src: Path, out: str | Path, link: bool) -> DatasetSpec:
+    """Copy/link the planned files into ``out`` and write ``dataset.json`` last."""
+    out = Path(out)
+    existing = _open_output(out, src)
+    labels, preprocessing, name, description = plan.labels, plan.preprocessing, plan.name, plan.description
+    domains: dict[str, list[Case]] = {}
+    splits: dict[str, dict[str, list[str]]] = {}
+    if existing is not None:
+        labels = _merge_labels(existing.labels, plan.labels, out)
+        if not plan.preprocessing_explicit:
+            preprocessing = existing.preprocessing
+        name, description = existing.name, existing.description or description
+        domains = {d: cs for d, cs in existing.domains.items() if d not in plan.domains}
+        splits = {d: s for d, s in existing.splits.items() if d not in plan.domains}
+    write_text(out / INCOMPLETE_MARKER, "an import into this folder has not finished\n")
+    for domain, entries in plan.domains.items():
+        cases = []
+        for case_id, image, label in entries:
+            rel_image = case_relpaths(domain, case_id, _nifti_suffix(image))[0]
+            _place(image, out / rel_image, link)
+            rel_label = None
+            if label is not None:
+                rel_label = case_relpaths(domain, case_id, _nifti_suffix(label))[1]
+                _place(label, out / rel_label, link)
+            cases.append(Case(id=case_id, image=rel_image, label=rel_label))
+        domains[domain] = cases
+        if plan.splits.get(domain):
+            splits[domain] = plan.splits[domain]
+    spec = DatasetSpec(name=name, labels=labels, domains=domains, splits=splits,
+                       preprocessing=preprocessing, description=description, root=out)
+    spec.save(out)
+    (out / INCOMPLETE_MARKER).unlink(missing_ok=True)
+    _remove_stale(spec, list(plan.domains))
+    return spec
+
+
+def _remove_stale(spec: DatasetSpec, domains: list[str]) -> None:
+    """Delete image/label files of re-imported domains that the new description no longer names."""
+    for domain in domains:
+        keep = {spec.path(p) for c in spec.domains[domain] for p in (c.image, c.label) if p}
+        for sub in ("images", "labels"):
+            folder = spec.root / domain / sub
+            if folder.is_dir():
+                for f in folder.iterdir():
+                    if f.name.endswith(NIFTI_SUFFIXES) and f not in keep:
+                        f.unlink()
+
+
+# --------------------------------------------------------------------------- MS-CMRSeg
+def _mscmrseg_root(src: Path) -> Path:
+    _require_dir(src, "MS-CMRSeg folder")
+    for cand in (src, src / "Patch192"):
+        if (cand / "C0").is_dir() or (cand / "LGE").is_dir():
+            return cand
+    raise UserError(f"{src}: no C0/ or LGE/ folder here or in {src / 'Patch192'} "
+                    "(expected the published Patch192 layout: C0/patientN_C0.nii.gz, LGE/patientN_LGE.nii.gz)")
+
+
+def _mscmrseg_domain(folder: Path, seq: str) -> list[tuple[str, Path, Path | None]]:
+    _require_dir(folder, f"MS-CMRSeg {seq} folder")
+    pattern = re.compile(rf"^patient(\d+)_{seq}(_manual)?\.nii(\.gz)?$")
+    images: dict[int, Path] = {}
+    labels: dict[int, Path] = {}
+    for f in folder.iterdir():
+        m = pattern.match(f.name)
+        if m:
+            (labels if m.group(2) else images)[int(m.group(1))] = f
+    if not images:
+        raise UserError(f"{folder}: no patientN_{seq}.nii.gz images found")
+    no_label = sorted(images.keys() - labels.keys())
+    if no_label:
+        names = ", ".join(images[n].name for n in no_label)
+        raise UserError(f"{folder}: images without their _manual label file: {names}")
+    no_image = sorted(labels.keys() - images.keys())
+    if no_image:
+        raise UserError(f"{folder}: label files without their image: {', '.join(labels[n].name for n in no_image)}")
+    return [(f"patient{n}", images[n], labels[n]) for n in sorted(images)]
+
+
+def import_mscmrseg(src: str | Path, out: str | Path, link: bool = False) -> DatasetSpec:
+    """Import the published MS-CMRSeg 2019 Patch192 data (domains ``C0`` and ``LGE``).
+
+    Args:
+        src: the ``Patch192`` folder or its parent.
+        out: output dataset folder.
+        link: symlink the files instead of copying them.
+
+    Splits follow the published protocol: all C0 cases train (source); LGE patients 1-5 are ``val``
+    and 6-45 ``test`` (target labels are never used for training).
+    """
+    src = Path(src)
+    root = _mscmrseg_root(src)
+    domains = {seq: _mscmrseg_domain(root / seq, seq) for seq in ("C0", "LGE")}
+    lge_ids = [case_id for case_id, _, _ in domains["LGE"]]
+    splits = {
+        "C0": {"train": [case_id for case_id, _, _ in domains["C0"]]},
+        "LGE": {"val": [i for i in lge_ids if int(i[7:]) <= 5], "test": [i for i in lge_ids if int(i[7:]) > 5]},
+    }
+    plan = _Plan(
+        name="mscmrseg", labels=LabelMap(dict(MSCMRSEG_LABELS)), domains=domains, splits=splits,
+        preprocessing=Preprocessing(intensity="percentile", size=(192, 192)),
+        description="MS-CMRSeg 2019 (Zhuang, TPAMI 2019), Patch192 crops published with Wu & Zhuang, "
+                    "IEEE TMI 2021. Source C0 (bSSFP), target LGE: val patients 1-5, test 6-45.",
+    )
+    return _write(plan, root, out, link)
+
+
+# --------------------------------------------------------------------------- user folder
+def _check_domain_name(domain: str) -> None:
+    if not _DOMAIN_RE.match(domain or ""):
+        raise UserError(f"domain name {domain!r} must start with a letter or digit and hold only "
+                        "letters, digits, '_', '-' and '.'")
+
+
+def _rounded_up(n: float, multiple: int = 16) -> int:
+    return int(-(-round(n) // multiple) * multiple)
+
+
+def import_folder(src: str | Path, out: str | Path, domain: str, labels: dict[str, int],
+                  label_suffix: str = "_label", image_suffix: str = "", val: list[str] | None = None,
+                  test: list[str] | None = None, size: tuple[int, int] | int | None = None,
+                  target_spacing: tuple[float, float] | None = None, link: bool = False,
+                  require_labels: bool = False) -> DatasetSpec:
+    """Import a folder of NIfTI images (and labels ``<id><label_suffix>.nii.gz``) as domain ``domain``.
+
+    Images are the NIfTI files of ``src`` (not in subfolders) whose name ends with ``image_suffix`` and
+    that are not label files; the case id is the name without suffixes. Images of any in-plane size and
+    spacing are accepted. Cases named in ``val`` / ``test`` form those splits, the rest ``train``.
+
+    Args:
+        labels: structure name -> code in the label files, e.g. ``{"MYO": 200, "LV": 500}``.
+        size: in-plane network size; default the largest in-plane size (after resampling to
+            ``target_spacing`` when given) rounded up to a multiple of 16, so nothing is cropped.
+        require_labels: fail when an image has no label file.
+
+    When ``out`` is an existing dataset the domain is added (or replaces the same-named one); the label
+    map must then equal the existing one, and its preprocessing is kept unless ``size`` or
+    ``target_spacing`` is given.
+    """
+    src = _require_dir(Path(src), "input folder")
+    _check_domain_name(domain)
+    if not label_suffix:
+        raise UserError("label_suffix must not be empty (it tells label files from images)")
+    label_map = LabelMap({str(k): int(v) for k, v in labels.items()})
+    files = sorted(f for f in src.iterdir() if f.name.endswith(NIFTI_SUFFIXES) and not f.name.startswith("."))
+    label_files = {strip_nifti_suffix(f.name)[: -len(label_suffix)]: f for f in files
+                   if strip_nifti_suffix(f.name).endswith(label_suffix)}
+    images: dict[str, Path] = {}
+    for f in files:
+        stem = strip_nifti_suffix(f.name)
+        if stem.endswith(label_suffix) or not stem.endswith(image_suffix):
+            continue
+        case_id = stem[: len(stem) - len(image_suffix)]
+        if not case_id or case_id in images:
+            raise UserError(f"{f}: {'empty' if not case_id else 'duplicate'} case id {case_id!r}")
+        images[case_id] = f
+    if not images:
+        raise UserError(f"{src}: no NIfTI images (*{image_suffix}.nii.gz / .nii) found in this folder")
+    orphans = sorted(label_files.keys() - images.keys())
+    if orphans:
+        raise UserError(f"{src}: label files without an image: {', '.join(label_files[i].name for i in orphans)}")
+    unlabelled = sorted(images.keys() - label_files.keys(), key=natural_key)
+    if require_labels and unlabelled:
+        raise UserError(f"{src}: images without a label file (*{label_suffix}.nii.gz): "
+                        f"{', '.join(images[i].name for i in unlabelled)}")
+    ids = sorted(images, key=natural_key)
+    val, test = list(val or []), list(test or [])
+    for what, chosen in (("val", val), ("test", test)):
+        unknown = [i for i in chosen if i not in images]
+        if unknown:
+            raise UserError(f"{src}: {what} cases {unknown} are not images of this folder (ids: {', '.join(ids)})")
+    both = sorted(set(val) & set(test))
+    if both:
+        raise UserError(f"cases {both} are in both val and test")
+    splits = {"train": [i for i in ids if i not in val and i not in test]}
+    splits.update({k: v for k, v in (("val", val), ("test", test)) if v})
+    explicit = size is not None or target_spacing is not None
+    if size is None:
+        largest = 0.0
+        for case_id in ids:
+            hdr = read_header(images[case_id]).header
+            shape, zooms = hdr.get_data_shape(), hdr.get_zooms()
+            if len(shape) < 2:
+                raise UserError(f"{images[case_id]}: expected a 3-D volume, got shape {shape}")
+            for n, s, t in zip(shape[:2], zooms[:2], target_spacing or (None, None)):
+                largest = max(largest, n * s / t if t else n)
+        size = _rounded_up(largest)
+    sizes = (size, size) if isinstance(size, int) else tuple(size)
+    plan = _Plan(
+        name=Path(out).name or "dataset", labels=label_map,
+        domains={domain: [(i, images[i], label_files.get(i)) for i in ids]},
+        splits={domain: {k: v for k, v in splits.items() if v}},
+        preprocessing=Preprocessing(intensity="percentile", size=sizes, target_spacing=target_spacing),
+        description=f"imported from {src}", preprocessing_explicit=explicit,
+    )
+    return _write(plan, src, out, link)
+
+
+# --------------------------------------------------------------------------- MM-WHS
+def mmwhs_label_map(structures: tuple[str, ...] | list[str]) -> LabelMap:
+    """MM-WHS label map of the chosen structures (in that order); the others' codes become background."""
+    unknown = [s for s in structures if s not in MMWHS_CODES]
+    if unknown or not structures:
+        raise UserError(f"unknown MM-WHS structures {unknown}; choose from {', '.join(MMWHS_CODES)}")
+    if len(set(structures)) != len(structures):
+        raise UserError(f"MM-WHS structures listed twice: {list(structures)}")
+    background = (0, *(c for s, c in MMWHS_CODES.items() if s not in structures))
+    return LabelMap(codes={s: MMWHS_CODES[s] for s in structures}, background_codes=background)
+
+
+_MMWHS_RE = re.compile(r"^(ct|mr)_(train|test)_(\d+)_(image|label)\.nii(\.gz)?$")
+
+
+def import_mmwhs(src: str | Path, out: str | Path, modalities: tuple[str, ...] | list[str] = ("ct", "mr"),
+                 structures: tuple[str, ...] | list[str] = ("MYO", "LA", "LV", "RA", "RV"),
+                 val_count: int = 0, test_count: int = 0, link: bool = False) -> DatasetSpec:
+    """Import MM-WHS 2017 raw volumes (``ct_train_1001_image.nii.gz`` + ``_label``) as domains CT / MR.
+
+    Files may sit in ``src`` or in its ``ct_train/``, ``mr_train/``, ``ct_test/``, ``mr_test/``
+    subfolders. Unlabelled test images become cases without label, in split ``unlabelled``. Of the
+    labelled cases (sorted by number), the last ``test_count`` form ``test``, the ``val_count`` before
+    them ``val``, the rest ``train``.
+
+    Preprocessing: MM-WHS volumes are whole-chest scans at varied resolution (CT about 0.3-0.6 mm,
+    MR about 1-2 mm), so slices are resampled to 1.25 mm in-plane, the MS-CMRSeg C0 grid, and
+    centre-cropped to 192 x 192 (a 240 mm field of view that holds the heart); intensities are
+    percentile-clipped per volume, which suits both CT Hounsfield units and arbitrary MR scales.
+    """
+    src = _require_dir(Path(src), "MM-WHS folder")
+    modalities = [m.lower() for m in modalities]
+    bad = [m for m in modalities if m not in ("ct", "mr")] or ([] if modalities else ["(none)"])
+    if bad:
+        raise UserError(f"unknown MM-WHS modalities {bad}; choose from ct, mr")
+    if val_count < 0 or test_count < 0:
+        raise UserError("val_count and test_count must be >= 0")
+    label_map = mmwhs_label_map(tuple(structures))
+    folders = [src, *(src / f"{m}_{p}" for m in modalities for p in ("train", "test"))]
+    found: dict[str, dict[str, dict[str, Path]]] = {m: {} for m in modalities}
+    for folder in folders:
+        for f in sorted(folder.iterdir()) if folder.is_dir() else []:
+            m = _MMWHS_RE.match(f.name)
+            if m and m.group(1) in found:
+                found[m.group(1)].setdefault(f"{m.group(1)}_{m.group(2)}_{m.group(3)}", {})[m.group(4)] = f
+    domains: dict[str, list[tuple[str, Path, Path | None]]] = {}
+    splits: dict[str, dict[str, list[str]]] = {}
+    for mod, cases in found.items():
+        if not cases:
+            raise UserError(f"{src}: no {mod}_train_NNNN_image.nii.gz files here or in {mod}_train/, {mod}_test/")
+        no_image = sorted(i for i, files in cases.items() if "image" not in files)
+        if no_image:
+            raise UserError(f"{src}: label files without their image: {', '.join(no_image)}")
+        no_label = sorted(i for i, files in cases.items() if "label" not in files and "_train_" in i)
+        if no_label:
+            raise UserError(f"{src}: training images without their label file: {', '.join(no_label)}")
+        ids = sorted(cases, key=lambda i: int(i.rsplit("_", 1)[1]))
+        labelled = [i for i in ids if "label" in cases[i]]
+        if val_count + test_count > len(labelled):
+            raise UserError(f"{src}: {mod.upper()} has {len(labelled)} labelled cases, fewer than "
+                            f"val_count + test_count = {val_count + test_count}")
+        n_train = len(labelled) - val_count - test_count
+        dom = mod.upper()
+        domains[dom] = [(i, cases[i]["image"], cases[i].get("label")) for i in ids]
+        parts = {"train": labelled[:n_train], "val": labelled[n_train:n_train + val_count],
+                 "test": labelled[n_train + val_count:], "unlabelled": [i for i in ids if i not in labelled]}
+        splits[dom] = {k: v for k, v in parts.items() if v}
+    plan = _Plan(
+        name="mmwhs", labels=label_map, domains=domains, splits=splits,
+        preprocessing=Preprocessing(intensity="percentile", target_spacing=(1.25, 1.25), size=(192, 192)),
+        description="MM-WHS 2017 (Zhuang & Shen, MedIA 2016; Zhuang et al., MedIA 2019), raw CT/MR volumes.",
+    )
+    return _write(plan, src, out, link)

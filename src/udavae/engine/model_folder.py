@@ -1,0 +1,141 @@
+"""The self-contained model folder (RUN) and its checkpoints.
+
+Layout (everything ``evaluate`` / ``predict`` / ``report`` need, nothing else)::
+
+    RUN/config.yaml            resolved configuration (method, architecture, schedule, seed)
+    RUN/model.json             label map, preprocessing, domains, dataset, class names, versions
+    RUN/checkpoints/last.pt    full training state (model, optimisers, RNG, epoch, best score)
+    RUN/checkpoints/best.pt    weights of the epoch with the best validation Dice
+    RUN/log.jsonl, log.csv     one row per epoch (losses, lr, validation Dice, time)
+
+Every file is written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import udavae
+from udavae.config import Config
+from udavae.data.preprocessing import Preprocessing
+from udavae.data.spec import LabelMap
+from udavae.errors import UserError
+from udavae.fileio import atomic_path, read_json, write_json, write_text
+
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.json"
+CHECKPOINTS = ("best", "last")
+
+
+def checkpoint_path(run: Path, which: str) -> Path:
+    """``RUN/checkpoints/<which>.pt``."""
+    if which not in CHECKPOINTS:
+        raise UserError(f"checkpoint must be one of {CHECKPOINTS}, got {which!r}")
+    return run / "checkpoints" / f"{which}.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` through a temporary file, so a kill never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with an error naming the file when it is missing or corrupt."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # pickle / zip errors come in many types
+        raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass
+class ModelInfo:
+    """What ``model.json`` records beside the config."""
+
+    labels: LabelMap
+    preprocessing: Preprocessing
+    dataset_name: str
+    dataset_path: str
+    source: str
+    target: str
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "udavae_version": udavae.__version__,
+            "torch_version": torch.__version__,
+            "dataset": {"name": self.dataset_name, "path": self.dataset_path},
+            "source": self.source,
+            "target": self.target,
+            "labels": self.labels.to_dict(),
+            "class_names": {str(k): v for k, v in self.labels.class_names.items()},
+            "num_classes": self.num_classes,
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        return cls(labels=LabelMap.from_dict(d["labels"]), preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+                   dataset_name=d["dataset"]["name"], dataset_path=d["dataset"]["path"],
+                   source=d["source"], target=d["target"])
+
+
+def write_model_folder(run: Path, cfg: Config, info: ModelInfo) -> None:
+    """Write ``config.yaml`` and ``model.json``."""
+    write_text(run / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_json(run / MODEL_FILE, info.to_dict())
+
+
+def read_model_folder(run: str | Path) -> tuple[Config, ModelInfo]:
+    """Read the config and model description of a model folder, with clear errors."""
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"model folder {run} not found")
+    cfg_path = run / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise UserError(f"{run} is not a udavae model folder ({CONFIG_FILE} missing)")
+    try:
+        raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        cfg = Config.from_dict(raw)
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"{cfg_path} is corrupt: {exc}") from None
+    d = read_json(run / MODEL_FILE, what="model description")
+    try:
+        info = ModelInfo.from_dict(d)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{run / MODEL_FILE} is corrupt: {exc}") from None
+    return cfg, info
+
+
+def load_trained(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
+    """Rebuild the trained method of a model folder, weights loaded, in eval mode.
+
+    Returns:
+        (config, model info, method, checkpoint dict).
+    """
+    from udavae.methods import build_method
+
+    run = Path(run)
+    cfg, info = read_model_folder(run)
+    path = checkpoint_path(run, checkpoint)
+    if checkpoint == "best" and not path.is_file() and checkpoint_path(run, "last").is_file():
+        raise UserError(f"{path} not found: no validated epoch yet; use --checkpoint last")
+    state = load_checkpoint(path, map_location=device)
+    method = build_method(cfg, info.num_classes)
+    try:
+        method.load_state_dict(state["method"])
+    except (KeyError, RuntimeError) as exc:
+        raise UserError(f"{path} does not match the model in {run / CONFIG_FILE}: {exc}") from None
+    method.to(device).eval()
+    return cfg, info, method, state

@@ -1,0 +1,327 @@
+"""The one trainer every method plugs into.
+
+Per step: a source batch and a target batch (fixed iterations per epoch, the shorter domain cycled) go
+through the method, which returns named weighted losses; one backward of the total; the critic optimiser
+steps, then the main one (the reference order). Per epoch: lr = lr0 * decay**epoch, validation Dice on
+the target validation split (never the test split), a log row, and an atomic checkpoint holding
+everything needed to resume exactly. The best-on-validation weights are kept separately.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
+
+from udavae.config import Config
+from udavae.data.sampling import SliceCropDataset, make_loader
+from udavae.data.spec import DatasetSpec
+from udavae.data.volumes import LoadedCase, SliceStack, load_cases
+from udavae.engine import model_folder as mf
+from udavae.engine.inference import Predictor
+from udavae.engine.runtime import (
+    DistInfo,
+    autocast,
+    barrier,
+    init_distributed,
+    seed_everything,
+    shutdown_distributed,
+)
+from udavae.errors import DataError, UserError
+from udavae.evaluation.evaluate import validation_dice
+from udavae.fileio import ensure_writable_dir, write_text
+from udavae.methods import build_method, make_optimizers
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainData:
+    """Everything the loop reads: crop datasets and the loaded validation cases."""
+
+    source: SliceCropDataset
+    target: SliceCropDataset
+    val_cases: list[LoadedCase]
+    spec: DatasetSpec
+    source_cases: list[str] = field(default_factory=list)
+    target_cases: list[str] = field(default_factory=list)
+
+
+def prepare_data(cfg: Config) -> TrainData:
+    """Resolve the source / target pools and the validation split, and load them once.
+
+    Raises:
+        DataError: missing dataset, domain, labels or validation split.
+    """
+    if not cfg.data.dataset:
+        raise UserError("no dataset given (--dataset DATASET_FOLDER)")
+    spec = DatasetSpec.load(cfg.data.dataset)
+    d = cfg.data
+    if d.source == d.target:
+        raise UserError(f"source and target domains are both {d.source!r}")
+    src_splits = spec.splits.get(d.source, {})
+    src = spec.split(d.source, "train") if "train" in src_splits else spec.cases(d.source)
+    src = [c for c in src if c.label is not None]
+    if not src:
+        raise DataError(f"dataset {spec.name!r}: domain {d.source!r} has no labelled cases to train on")
+    tgt_splits = spec.splits.get(d.target, {})
+    if d.val_split not in tgt_splits:
+        raise DataError(
+            f"dataset {spec.name!r}: target domain {d.target!r} has no {d.val_split!r} split; model selection "
+            f"needs labelled validation cases (splits: {', '.join(tgt_splits) or 'none'})"
+        )
+    val = spec.split(d.target, d.val_split)
+    if not val or any(c.label is None for c in val):
+        raise DataError(f"dataset {spec.name!r}: validation split {d.target}/{d.val_split} needs labelled cases")
+    test_ids = set(tgt_splits.get(d.test_split, []))
+    pool = spec.cases(d.target)
+    if d.target_pool == "inductive":
+        pool = [c for c in pool if c.id not in test_ids]
+    seed = cfg.runtime.seed
+    src_loaded = load_cases(spec, src, with_labels=True, desc=f"loading {d.source}")
+    # Target pool: images only (labels are never read for training).
+    tgt_loaded = load_cases(spec, pool, with_labels=False, desc=f"loading {d.target}")
+    val_loaded = load_cases(spec, val, with_labels=True, desc=f"loading {d.target} val")
+    source = SliceCropDataset(SliceStack.from_cases(src_loaded, True), d.crop, d.jitter, seed * 2 + 1, d.augment)
+    target = SliceCropDataset(SliceStack.from_cases(tgt_loaded, False), d.crop, d.jitter, seed * 2 + 2, d.augment)
+    return TrainData(source, target, val_loaded, spec, [c.id for c in src], [c.id for c in pool])
+
+
+class Trainer:
+    """Trains ``cfg`` into the model folder ``run``.
+
+    Args:
+        cfg: a validated configuration.
+        run: the model folder to create (or to continue with ``resume=True``).
+        resume: continue from ``run/checkpoints/last.pt``.
+    """
+
+    def __init__(self, cfg: Config, run: str | Path, resume: bool = False) -> None:
+        cfg.validate()
+        self.cfg, self.run, self.resume = cfg, Path(run), resume
+        self.dist, self.device = init_distributed(cfg.runtime.device)
+        last = mf.checkpoint_path(self.run, "last")
+        if resume and not last.is_file():
+            raise UserError(f"--resume: no checkpoint to resume from at {last}")
+        if not resume and last.exists():
+            raise UserError(f"{self.run} already holds a training run; use --resume or another --out folder")
+        if self.dist.is_main:
+            ensure_writable_dir(self.run)
+        seed_everything(cfg.runtime.seed + self.dist.rank)
+        self.data = prepare_data(cfg)
+        labels = self.data.spec.labels
+        self.num_classes = labels.num_classes
+        self.info = mf.ModelInfo(labels, self.data.spec.preprocessing, self.data.spec.name,
+                                 str(Path(cfg.data.dataset).resolve()), cfg.data.source, cfg.data.target)
+        torch.manual_seed(cfg.runtime.seed)  # identical initial weights on every rank
+        self.method = build_method(cfg, self.num_classes).to(self.device)
+        if cfg.runtime.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.optimizers = make_optimizers(self.method, cfg.optim)
+        self.model: torch.nn.Module = self.method
+        if self.dist.enabled:
+            self.model = DDP(self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.runtime.compile:
+            self.model = torch.compile(self.model)
+        self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
+        self.history: list[dict[str, Any]] = []
+        # Stream of dropout / latent noise: distinct per rank; restored exactly on resume.
+        torch.manual_seed(cfg.runtime.seed * 1000 + self.dist.rank)
+        if resume:
+            self._load_state()
+            if self.dist.rank > 0:  # only rank 0's RNG state is saved
+                torch.manual_seed(cfg.runtime.seed * 1000 + self.dist.rank + 7919 * self.epoch)
+        self.predictor = Predictor(self.method.net, self.info.preprocessing, self.device,
+                                   batch_size=max(4, cfg.optim.batch_size), amp=cfg.runtime.amp,
+                                   channels_last=cfg.runtime.channels_last)
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict[str, Any]:
+        return {
+            "method": self.method.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "epoch": self.epoch,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "config": self.cfg.to_dict(),
+        }
+
+    def _load_state(self) -> None:
+        state = mf.load_checkpoint(mf.checkpoint_path(self.run, "last"), map_location=self.device)
+        if state.get("config", {}).get("method") != self.cfg.to_dict()["method"] or \
+                state.get("config", {}).get("model") != self.cfg.to_dict()["model"]:
+            raise UserError("--resume: the checkpoint was trained with a different method/model configuration")
+        self.method.load_state_dict(state["method"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        self.epoch, self.best_score = state["epoch"], state["best_score"]
+        self.best_epoch, self.history = state["best_epoch"], state["history"]
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        """Run the remaining epochs; return a summary (best epoch and score, time)."""
+        cfg, is_main = self.cfg, self.dist.is_main
+        if is_main:
+            mf.write_model_folder(self.run, cfg, self.info)
+        start_time = time.time()
+        try:
+            while self.epoch < cfg.optim.epochs:
+                stats = self._train_epoch()
+                row = {"epoch": self.epoch + 1, **stats}
+                last_epoch = self.epoch == cfg.optim.epochs - 1
+                if is_main and ((self.epoch + 1) % cfg.runtime.val_every == 0 or last_epoch):
+                    row.update(self._validate())
+                self.epoch += 1
+                if is_main:
+                    self._end_epoch(row)
+                barrier(self.dist)
+        finally:
+            shutdown_distributed(self.dist)
+        return {"best_epoch": self.best_epoch, "best_val_dice": self.best_score,
+                "epochs": self.epoch, "wall_time_s": time.time() - start_time}
+
+    def _set_lr(self) -> float:
+        lr = self.cfg.optim.lr * self.cfg.optim.lr_decay ** self.epoch
+        for opt in self.optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] = lr
+        return lr
+
+    def _to_device(self, batch: dict[str, list[torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
+        cl = self.cfg.runtime.channels_last
+        out = {}
+        for k, ts in batch.items():
+            moved = [t.to(self.device, non_blocking=True) for t in ts]
+            if cl and k == "image":
+                moved = [t.contiguous(memory_format=torch.channels_last) for t in moved]
+            out[k] = moved
+        return out
+
+    def _train_epoch(self) -> dict[str, float]:
+        cfg, d = self.cfg, self.cfg.data
+        lr = self._set_lr()
+        iters, bs = cfg.optim.iters_per_epoch, cfg.optim.batch_size
+        start = self.epoch * iters
+        rank, world = self.dist.rank, self.dist.world_size
+        src_it = make_loader(self.data.source, bs, start, d.num_workers, rank, world, self.device.type == "cuda")
+        needs_target = cfg.method.kind != "noadapt"
+        tgt_it = make_loader(self.data.target, bs, start, d.num_workers, rank, world,
+                             self.device.type == "cuda") if needs_target else None
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        fault = int(os.environ.get("UDAVAE_FAULT_AFTER_STEPS", "0"))  # test hook: simulate a hard kill
+        bar = tqdm(range(iters), desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}", unit="it",
+                   disable=None if self.dist.is_main else True, leave=False, dynamic_ncols=True)
+        t0 = time.time()
+        for it in bar:
+            if fault and start + it >= fault:
+                os._exit(137)
+            src = self._to_device(next(src_it))
+            tgt = self._to_device(next(tgt_it)) if tgt_it is not None else None
+            with autocast(self.device, cfg.runtime.amp):
+                losses = self.model(src, tgt)
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            if "critic" in self.optimizers:
+                self.optimizers["critic"].step()
+            self.optimizers["main"].step()
+            for k, v in losses.items():
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v
+            finite &= torch.isfinite(losses["total"].detach())
+            if (it + 1) % cfg.runtime.log_every == 0 or it + 1 == iters:
+                self._check_finite(finite, start + it)
+                bar.set_postfix({k: f"{(v / (it + 1)).item():.3g}" for k, v in _main_terms(sums).items()})
+        elapsed = time.time() - t0
+        stats = {f"loss/{k}": float(v) / iters for k, v in sums.items()}
+        images = iters * bs * world * (2 if needs_target else 1)
+        stats.update({"lr": lr, "train_time_s": elapsed, "images_per_s": images / elapsed})
+        return stats
+
+    def _check_finite(self, finite: torch.Tensor, step: int) -> None:
+        if not bool(finite):
+            last = mf.checkpoint_path(self.run, "last")
+            kept = f"the last good checkpoint {last} (epoch {self.epoch}) is kept" if last.exists() \
+                else "no checkpoint had been written yet"
+            raise TrainingDiverged(
+                f"loss became NaN/Inf in epoch {self.epoch + 1} by step {step + 1}; {kept}. "
+                "Try a lower optim.lr or runtime.amp=none."
+            )
+
+    def _validate(self) -> dict[str, float]:
+        names = list(self.info.labels.class_names.values())
+        dice = validation_dice(self.predictor, self.data.val_cases, self.num_classes)
+        per = np.nanmean(dice, axis=0)
+        out = {f"val/dice_{n}": float(v) for n, v in zip(names, per)}
+        out["val/dice_mean"] = float(np.nanmean(per))
+        return out
+
+    def _end_epoch(self, row: dict[str, Any]) -> None:
+        score = row.get("val/dice_mean")
+        if score is not None and score > self.best_score:
+            self.best_score, self.best_epoch = score, self.epoch
+            mf.save_checkpoint(mf.checkpoint_path(self.run, "best"),
+                               {"method": self.method.state_dict(), "epoch": self.best_epoch, "val_dice": score,
+                                "config": self.cfg.to_dict()})
+        row["best_epoch"], row["best_val_dice"] = self.best_epoch, self.best_score
+        self.history.append(row)
+        mf.save_checkpoint(mf.checkpoint_path(self.run, "last"), self._state())
+        self._write_logs()
+        msg = f"epoch {self.epoch}/{self.cfg.optim.epochs}: loss {row.get('loss/total', float('nan')):.4g}"
+        if score is not None:
+            msg += f"  val Dice {100 * score:.2f}" + (" (best)" if self.best_epoch == self.epoch else "")
+        msg += f"  lr {row['lr']:.2e}  {row['train_time_s']:.0f}s"
+        tqdm.write(msg)
+
+    def _write_logs(self) -> None:
+        write_text(self.run / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        keys: list[str] = []
+        for r in self.history:
+            keys += [k for k in r if k not in keys]
+        lines = [",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in self.history]
+        write_text(self.run / "log.csv", "\n".join(lines) + "\n")
+
+
+def _main_terms(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    keep = ("total", "seg", "recon", "kl", "dist", "mi", "cf")
+    return {k: v for k, v in sums.items() if k in keep} or dict(list(sums.items())[:4])
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train and return the fit summary (see :class:`Trainer`)."""
+    return Trainer(cfg, run, resume).fit()
+
+
+def is_distributed_env() -> bool:
+    """True when launched by torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+__all__ = ["Trainer", "TrainingDiverged", "train", "prepare_data", "DistInfo"]

@@ -1,0 +1,115 @@
+"""Evaluating a network on cases of a split, per patient and per structure, at native resolution.
+
+Used both for per-epoch validation (Dice only, fast) and for ``udavae evaluate`` (all metrics).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from udavae.data.volumes import LoadedCase
+from udavae.engine.inference import Predictor
+from udavae.evaluation.metrics import METRIC_NAMES, multiclass_metrics, summarize
+from udavae.fileio import atomic_write, write_json
+
+
+def dice_per_class(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """Dice of classes 1..K-1 from two class maps (NaN where both are empty)."""
+    p = pred.ravel().astype(np.int64)
+    g = gt.ravel().astype(np.int64)
+    inter = np.bincount(p[p == g], minlength=num_classes)[1:]
+    sizes = np.bincount(p, minlength=num_classes)[1:] + np.bincount(g, minlength=num_classes)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sizes > 0, 2.0 * inter / np.maximum(sizes, 1), np.nan)
+
+
+def validation_dice(predictor: Predictor, cases: Iterable[LoadedCase], num_classes: int) -> np.ndarray:
+    """Per-case, per-structure Dice (cases x K-1) at the native resolution."""
+    rows = []
+    for case in cases:
+        pred = predictor.predict(case.image, case.geometry).classes
+        rows.append(dice_per_class(pred, case.native_label, num_classes))  # type: ignore[arg-type]
+    return np.array(rows)
+
+
+def evaluate_cases(predictor: Predictor, cases: list[LoadedCase], class_names: dict[int, str],
+                   on_prediction: Any = None) -> list[dict[str, Any]]:
+    """All metrics per case and structure; ``on_prediction(case, prediction)`` is called if given."""
+    rows: list[dict[str, Any]] = []
+    for case in tqdm(cases, desc="evaluating", unit="case", leave=False, disable=None):
+        pred = predictor.predict(case.image, case.geometry)
+        if on_prediction is not None:
+            on_prediction(case, pred)
+        metrics = multiclass_metrics(pred.classes, case.native_label, case.spacing, class_names)
+        for structure, vals in metrics.items():
+            rows.append({"case": case.id, "structure": structure, **vals})
+    return rows
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One row per case and structure, atomically."""
+    buf = io.StringIO()
+    fields = list(rows[0]) if rows else ["case", "structure", *METRIC_NAMES]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    atomic_write(path, lambda p: p.write_text(buf.getvalue(), encoding="utf-8"))
+
+
+def summary_of(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Mean / std per structure and metric, missed-structure counts, plus run facts in ``extra``."""
+    per = summarize([{k: v for k, v in r.items() if k not in ("gt_voxels", "pred_voxels")} for r in rows])
+    missed: dict[str, int] = {}
+    for r in rows:
+        if r.get("gt_voxels", 0) > 0 and r.get("pred_voxels", 0) == 0:
+            missed[r["structure"]] = missed.get(r["structure"], 0) + 1
+    mean_dice = float(np.nanmean([v["dice"]["mean"] for v in per.values()])) if per else float("nan")
+    return {**(extra or {}), "structures": per, "missed_structures": missed, "mean_dice": mean_dice}
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """``summary.json`` (NaN written as null)."""
+    write_json(path, _nan_to_none(summary))
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def format_table(results: dict[str, dict[str, Any]], structures: list[str], metric: str = "dice",
+                 title: str = "") -> str:
+    """A table in the deck's format: one row per method, Dice % per structure (mean +- std) and mean.
+
+    ``results`` maps a row name to a summary produced by :func:`summary_of`.
+    """
+    scale = 100.0 if metric in ("dice", "iou") else 1.0
+    head = f"{'method':<14}" + "".join(f"{s:>16}" for s in structures) + f"{'mean':>9}"
+    lines = [title] if title else []
+    lines += [head, "-" * len(head)]
+    for name, summ in results.items():
+        cells, means = [], []
+        for s in structures:
+            st = summ["structures"].get(s, {}).get(metric, {})
+            m, sd = st.get("mean", float("nan")), st.get("std", float("nan"))
+            m = float("nan") if m is None else m
+            sd = float("nan") if sd is None else sd
+            means.append(m)
+            cells.append(f"{m * scale:7.2f} +-{sd * scale:6.2f}")
+        overall = float(np.nanmean(means)) * scale if means else float("nan")
+        lines.append(f"{name:<14}" + "".join(f"{c:>16}" for c in cells) + f"{overall:9.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""Shared part of the variational methods (UDA-VAE family and CFDNet): decoders, reconstruction, KL.
+
+Six label-conditioned decoders, one per (domain, scale): source decoders see the one-hot ground truth
+of that scale, target decoders the softmax of that scale's logits (not detached, so the reconstruction
+term trains the target segmentation; REFERENCE_SPEC s1.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from udavae.config import Config
+from udavae.losses import kl_divergence, reconstruction_bce
+from udavae.methods.base import Batch, UDAMethod, batch_images, batch_labels, one_hot
+from udavae.models.recon import ReconDecoder
+from udavae.models.unet_vae import LATENT_SCALES, VAEOutput
+
+__all__ = ["DomainPass", "VariationalMethod"]
+
+DOMAINS = ("src", "tgt")
+
+
+@dataclass
+class DomainPass:
+    """Network output of one domain with its reconstructions at (full, 1/2, 1/4)."""
+
+    out: VAEOutput
+    recon: tuple[Tensor, Tensor, Tensor]
+
+
+class VariationalMethod(UDAMethod):
+    """Base of ``vae`` and ``cfd``: adds the decoders and the reconstruction + KL terms."""
+
+    def __init__(self, cfg: Config, num_classes: int) -> None:
+        super().__init__(cfg, num_classes)
+        width = cfg.model.recon_width
+        self.decoders = nn.ModuleDict({
+            f"{dom}_{scale}": ReconDecoder(self.net.channels[i], num_classes, width)
+            for dom in DOMAINS for i, scale in enumerate(LATENT_SCALES)
+        })
+
+    def _conditions(self, out: VAEOutput, labels: Sequence[Tensor] | None) -> list[Tensor]:
+        """Class maps fed to the decoders: one-hot labels if given, else the softmax predictions."""
+        if labels is not None:
+            return [one_hot(lbl, self.num_classes, out.z[i].dtype) for i, lbl in enumerate(labels)]
+        return [torch.softmax(s, dim=1) for s in out.seg_logits]
+
+    def _decode(self, dom: str, out: VAEOutput, labels: Sequence[Tensor] | None) -> tuple[Tensor, ...]:
+        ys = self._conditions(out, labels)
+        return tuple(self.decoders[f"{dom}_{scale}"](out.z[i], ys[i]) for i, scale in enumerate(LATENT_SCALES))
+
+    def run_domains(self, source: Batch, target: Batch | None) -> tuple[DomainPass, DomainPass]:
+        """One network pass over source + target (concatenated: instance norm makes it per-sample)."""
+        if target is None:
+            raise ValueError(f"method kind {self.cfg.method.kind!r} adapts to the target domain: "
+                             "it needs a target batch")
+        src_img = batch_images(source, "source")
+        tgt_img = batch_images(target, "target")
+        labels = batch_labels(source, "source")
+        b = src_img[0].shape[0]
+        both = self.net(torch.cat((src_img[0], tgt_img[0]), dim=0))
+
+        def part(sl: slice) -> VAEOutput:
+            return VAEOutput(
+                logits=both.logits[sl],
+                seg_logits=tuple(t[sl] for t in both.seg_logits),  # type: ignore[arg-type]
+                mu=tuple(t[sl] for t in both.mu),  # type: ignore[arg-type]
+                logvar=tuple(t[sl] for t in both.logvar),  # type: ignore[arg-type]
+                z=tuple(t[sl] for t in both.z),  # type: ignore[arg-type]
+            )
+
+        out_s, out_t = part(slice(0, b)), part(slice(b, None))
+        src = DomainPass(out_s, self._decode("src", out_s, labels))  # type: ignore[arg-type]
+        tgt = DomainPass(out_t, self._decode("tgt", out_t, None))  # type: ignore[arg-type]
+        return src, tgt
+
+    def vae_terms(self, source: Batch, target: Batch, src: DomainPass, tgt: DomainPass) -> dict[str, Tensor]:
+        """Weighted BCE reconstruction and KL terms at the three scales of both domains."""
+        w = self.cfg.method.weights
+        terms: dict[str, Tensor] = {}
+        for dom, batch, res in (("src", source, src), ("tgt", target, tgt)):
+            images = batch["image"]
+            for i, scale in enumerate(LATENT_SCALES):
+                terms[f"recon_{dom}_{scale}"] = w.recon * reconstruction_bce(res.recon[i], images[i])
+                terms[f"kl_{dom}_{scale}"] = w.kl * kl_divergence(res.out.mu[i], res.out.logvar[i])
+        return terms
+
+    @torch.no_grad()
+    def reconstruct(self, batch: Batch, domain: str) -> Tensor | None:
+        """Full-scale reconstruction by ``domain``'s decoder (``source`` or ``target``), without gradients.
+
+        Source decoders are conditioned on the batch's labels when it has them, otherwise (and always for
+        the target) on the network's softmax prediction.
+        """
+        if domain not in ("source", "target"):
+            raise ValueError(f"domain must be 'source' or 'target', got {domain!r}")
+        images = batch_images(batch, domain)
+        out = self.net(images[0])
+        if domain == "source" and "label" in batch:
+            y = one_hot(batch["label"][0], self.num_classes, out.z[0].dtype)
+        else:
+            y = torch.softmax(out.seg_logits[0], dim=1)
+        return self.decoders[f"{domain[:3]}_full"](out.z[0], y)
