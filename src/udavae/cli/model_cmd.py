@@ -66,12 +66,13 @@ def _info(args: argparse.Namespace) -> int:
     m, me = cfg.model, cfg.method
     smie = "+".join(n for n, on in (("global", me.mi_global), ("local", me.mi_local), ("prior", me.mi_prior))
                     if on) if me.uses_mi else "off"
+    crops = f"{c.batch} source + {c.batch} target" if c.uses_target else f"{c.batch} source"
     rows = [
         ("segmentation network", _fmt_params(c.net_params)),
         ("reconstruction decoders", _fmt_params(c.decoder_params)),
         ("SMIE critics", _fmt_params(c.critic_params)),
         ("trained in total", _fmt_params(c.trained_params)),
-        (f"training step (fwd+bwd, {c.batch}+{c.batch} crops {c.crop}x{c.crop})", _fmt_flops(c.step_flops)),
+        (f"training step (fwd+bwd, {crops} crops {c.crop}x{c.crop})", _fmt_flops(c.step_flops)),
         (f"inference ({c.infer_size}x{c.infer_size} slice, net forward)", _fmt_flops(c.inference_flops)),
     ]
     print(f"preset {args.preset} (profile {args.profile}): kind={me.kind} wiring={m.wiring} "

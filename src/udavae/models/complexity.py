@@ -33,7 +33,7 @@ class Complexity:
         decoder_params / critic_params: reconstruction decoders and SMIE critics.
         trained_params: everything the optimisers update (net + decoders + critics).
         step_flops: one training step, forward + backward of the total loss, ``batch`` source +
-            ``batch`` target crops of ``crop`` x ``crop``.
+            ``batch`` target crops of ``crop`` x ``crop`` (source only if not ``uses_target``).
         inference_flops: one ``infer_size`` x ``infer_size`` slice through the network (eval mode).
     """
 
@@ -47,6 +47,7 @@ class Complexity:
     crop: int
     infer_size: int
     device: str
+    uses_target: bool
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -71,7 +72,7 @@ def training_step_flops(method: UDAMethod, batch: int, crop: int) -> int:
     device = next(method.parameters()).device
     k = method.num_classes
     src = synthetic_batch(batch, crop, k, device)
-    tgt = synthetic_batch(batch, crop, k, device, labelled=False)
+    tgt = synthetic_batch(batch, crop, k, device, labelled=False) if method.needs_target else None
     method.train()
     method.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter:
@@ -124,4 +125,5 @@ def measure(cfg: Config, num_classes: int, batch: int | None = None, crop: int |
         crop=cfg.data.crop,
         infer_size=infer_size,
         device=device,
+        uses_target=method.needs_target,
     )
