@@ -106,6 +106,8 @@ def save_like(data: np.ndarray, reference: Volume, path: str | Path, dtype: type
     # Keep the reference's qform/sform codes (nibabel resets them when the affine is passed).
     img.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
     img.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
+    # set_qform rewrites pixdim from the affine; keep the reference's own voxel sizes exactly.
+    img.header.set_zooms(reference.header.get_zooms()[: data.ndim])
     img.header["scl_slope"] = 1.0
     img.header["scl_inter"] = 0.0
     with atomic_path(path) as tmp:

@@ -3,7 +3,7 @@
 Every function casts its inputs to float32 inside, so all are safe to call under autocast.
 """
 
-from udavae.losses.cf_distance import cf_distance
+from udavae.losses.characteristic import cf_distance
 from udavae.losses.gaussian_distance import gaussian_kernel_distance, gaussian_kernel_distance_flat
 from udavae.losses.kl import kl_divergence
 from udavae.losses.mutual_info import jsd_mi

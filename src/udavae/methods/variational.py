@@ -97,4 +97,5 @@ class VariationalMethod(UDAMethod):
             y = one_hot(batch["label"][0], self.num_classes, out.z[0].dtype)
         else:
             y = torch.softmax(out.seg_logits[0], dim=1)
-        return self.decoders[f"{domain[:3]}_full"](out.z[0], y)
+        key = "src_full" if domain == "source" else "tgt_full"
+        return self.decoders[key](out.z[0], y)

@@ -1,0 +1,158 @@
+"""Loss functions: closed forms, brute-force references, gradients, autocast safety."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import udavae.losses.characteristic as cf_mod
+import udavae.losses.gaussian_distance as gd_mod
+from udavae.losses import (
+    balanced_cross_entropy,
+    cf_distance,
+    gaussian_kernel_distance,
+    gaussian_kernel_distance_flat,
+    jsd_mi,
+    kl_divergence,
+    reconstruction_bce,
+)
+
+
+def test_kl_matches_closed_form() -> None:
+    mu = torch.tensor([[0.0, 0.5], [-1.0, 0.2]])
+    logvar = torch.tensor([[0.0, -0.5], [0.3, 1.0]])
+    terms = [0.5 * (m * m + math.exp(lv) - lv - 1.0) for m, lv in zip(mu.flatten().tolist(),
+                                                                     logvar.flatten().tolist())]
+    assert kl_divergence(mu, logvar).item() == pytest.approx(sum(terms) / 4, rel=1e-6)
+    assert kl_divergence(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
+
+
+def test_reconstruction_bce_equals_torch() -> None:
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(2, 1, 8, 8, generator=g)
+    x = torch.rand(2, 1, 8, 8, generator=g)
+    assert reconstruction_bce(r, x).item() == pytest.approx(F.binary_cross_entropy(r, x).item(), rel=1e-6)
+    r[0, 0, 0, 0] = 0.0  # log clamp at -100 like PyTorch
+    assert reconstruction_bce(r, x).item() == pytest.approx(F.binary_cross_entropy(r, x).item(), rel=1e-6)
+
+
+def test_balanced_ce_is_mean_of_per_class_means() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 5, 5, generator=g)
+    target = torch.randint(0, 3, (2, 5, 5), generator=g)  # class 3 absent
+    target[0, 0, 0] = 2
+    ce = F.cross_entropy(logits, target, reduction="none")
+    per_class = [ce[target == c].mean().item() for c in range(4) if (target == c).any()]
+    assert len(per_class) == 3
+    expected = sum(per_class) / len(per_class)
+    assert balanced_cross_entropy(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    # Equals the reference's 1/(N_c + 1e-6)-weighted CE up to that epsilon.
+    counts = torch.bincount(target.flatten(), minlength=4).float()
+    ref = F.cross_entropy(logits, target, weight=1.0 / (counts + 1e-6))
+    assert balanced_cross_entropy(logits, target).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def _naive_distance(mu_a, lv_a, mu_b, lv_b, pool):
+    def prep(mu, lv):
+        m = F.avg_pool2d(mu, pool).flatten(1)
+        v = (F.avg_pool2d(lv.exp(), pool) / pool**2).flatten(1)
+        return m, v
+
+    (ma, va), (mb, vb) = prep(mu_a, lv_a), prep(mu_b, lv_b)
+
+    def k(mp, vp, mq, vq):
+        total = 0.0
+        for i in range(mp.shape[0]):
+            for j in range(mq.shape[0]):
+                s = vp[i] + vq[j]
+                total = total + (s.rsqrt() * torch.exp(-((mp[i] - mq[j]) ** 2) / (2 * s))).sum()
+        return total
+
+    return k(ma, va, ma, va) + k(mb, vb, mb, vb) - 2 * k(ma, va, mb, vb)
+
+
+def test_gaussian_distance_matches_pair_loop_and_basic_properties() -> None:
+    g = torch.Generator().manual_seed(2)
+    mu_a, mu_b = torch.randn(3, 2, 8, 8, generator=g), torch.randn(2, 2, 8, 8, generator=g)
+    lv_a, lv_b = torch.rand(3, 2, 8, 8, generator=g) - 0.5, torch.rand(2, 2, 8, 8, generator=g) - 0.5
+    got = gaussian_kernel_distance(mu_a, lv_a, mu_b, lv_b, pool=4)
+    want = _naive_distance(mu_a.double(), lv_a.double(), mu_b.double(), lv_b.double(), 4)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert gaussian_kernel_distance(mu_a, lv_a, mu_a, lv_a, pool=2).abs().item() < 1e-3
+    near = gaussian_kernel_distance(mu_a, lv_a, mu_a + 0.1, lv_a, pool=2)
+    far = gaussian_kernel_distance(mu_a, lv_a, mu_a + 1.0, lv_a, pool=2)
+    assert 0 < near.item() < far.item()
+
+
+def test_gaussian_distance_gradcheck_and_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(3)
+    ins = [torch.randn(2, 2, 4, 4, generator=g, dtype=torch.float64) for _ in range(2)]
+    lvs = [0.5 * torch.randn(2, 2, 4, 4, generator=g, dtype=torch.float64) for _ in range(2)]
+    args = [ins[0], lvs[0], ins[1], lvs[1]]
+    for t in args:
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda *a: gaussian_kernel_distance(*a, pool=2), args, fast_mode=True)
+    f64 = {"dtype": torch.float64, "generator": g}
+    flat = [torch.randn(3, 5, **f64), torch.rand(3, 5, **f64) + 0.1,
+            torch.randn(2, 5, **f64), torch.rand(2, 5, **f64) + 0.1]
+    flat = [t.requires_grad_(True) for t in flat]
+    assert torch.autograd.gradcheck(gaussian_kernel_distance_flat, flat)
+    whole = gaussian_kernel_distance_flat(*flat)
+    grads = torch.autograd.grad(whole, flat)
+    monkeypatch.setattr(gd_mod, "CHUNK_ELEMENTS", 7)  # one row per chunk
+    assert torch.autograd.gradcheck(gaussian_kernel_distance_flat, flat)
+    chunked = gaussian_kernel_distance_flat(*flat)
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-12)
+    for a, b in zip(grads, torch.autograd.grad(chunked, flat)):
+        torch.testing.assert_close(a, b)
+
+
+def test_cf_distance_point_masses_and_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
+    band, a, b = 3.0, 0.2, 0.9
+    x = torch.tensor([[a]], dtype=torch.float64)
+    y = torch.tensor([[b]], dtype=torch.float64)
+    delta = b - a
+    assert cf_distance(x, y, band).item() == pytest.approx(4 * band - 4 * math.sin(band * delta) / delta)
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    assert cf_distance(s, s, band).item() == pytest.approx(0.0, abs=1e-12)
+    xs = torch.randn(9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    ys = torch.randn(7, 3, generator=g, dtype=torch.float64) + 0.5
+    whole = cf_distance(xs, ys, band)
+    (g_whole,) = torch.autograd.grad(whole, xs)
+    assert whole.item() > 0
+    monkeypatch.setattr(cf_mod, "CHUNK_ELEMENTS", 30)  # forces checkpointed chunks
+    chunked = cf_distance(xs, ys, band)
+    (g_chunk,) = torch.autograd.grad(chunked, xs)
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-12)
+    torch.testing.assert_close(g_chunk, g_whole)
+
+
+def test_jsd_mi_at_zero_is_minus_two_ln_two() -> None:
+    z = torch.zeros(4, 1)
+    assert jsd_mi(z, z).item() == pytest.approx(-2 * math.log(2), rel=1e-6)
+    assert jsd_mi(torch.full((4, 1), 20.0), torch.full((4, 1), -20.0)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_losses_are_float32_under_autocast() -> None:
+    g = torch.Generator().manual_seed(5)
+    mu = torch.randn(2, 3, 8, 8, generator=g).bfloat16()
+    lv = (0.5 * torch.randn(2, 3, 8, 8, generator=g)).bfloat16()
+    img = torch.rand(2, 1, 8, 8, generator=g)
+    rec = torch.rand(2, 1, 8, 8, generator=g).bfloat16()
+    logits = torch.randn(2, 4, 8, 8, generator=g).bfloat16()
+    target = torch.randint(0, 4, (2, 8, 8), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [
+            kl_divergence(mu, lv),
+            reconstruction_bce(rec, img),
+            balanced_cross_entropy(logits, target),
+            gaussian_kernel_distance(mu, lv, mu + 0.1, lv, pool=2),
+            cf_distance(mu.flatten(1).T, mu.flatten(1).T + 0.1, 5.0),
+            jsd_mi(logits, logits),
+        ]
+    for out in outs:
+        assert out.dtype == torch.float32 and torch.isfinite(out)
