@@ -81,6 +81,9 @@ def test_gaussian_distance_matches_pair_loop_and_basic_properties() -> None:
     got = gaussian_kernel_distance(mu_a, lv_a, mu_b, lv_b, pool=4)
     want = _naive_distance(mu_a.double(), lv_a.double(), mu_b.double(), lv_b.double(), 4)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    with torch.no_grad():  # the plain (no gradient accumulation) path gives the same value
+        assert gaussian_kernel_distance(mu_a.requires_grad_(), lv_a, mu_b, lv_b).item() == pytest.approx(
+            got.item(), rel=1e-6)
     assert gaussian_kernel_distance(mu_a, lv_a, mu_a, lv_a, pool=2).abs().item() < 1e-3
     near = gaussian_kernel_distance(mu_a, lv_a, mu_a + 0.1, lv_a, pool=2)
     far = gaussian_kernel_distance(mu_a, lv_a, mu_a + 1.0, lv_a, pool=2)

@@ -40,13 +40,9 @@ def _reexec_with_allocator_env() -> None:
     Keeps freed activation memory in the heap instead of returning it to the kernel after every step;
     see :mod:`udavae.engine.runtime`. Numerics are unchanged.
     """
-    import os
+    from udavae.engine.runtime import reexec_with_allocator_env
 
-    from udavae.engine.runtime import allocator_env_missing
-
-    missing = allocator_env_missing()
-    if missing:
-        os.execve(sys.executable, [sys.executable, "-m", "udavae", *sys.argv[1:]], {**os.environ, **missing})
+    reexec_with_allocator_env(["-m", "udavae", *sys.argv[1:]])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,17 @@ def allocator_env_missing() -> dict[str, str]:
     return {k: v for k, v in MALLOC_ENV.items() if k not in os.environ}
 
 
+def reexec_with_allocator_env(argv: list[str]) -> None:
+    """Replace this process by ``python *argv`` with the malloc tunables set, if any are missing.
+
+    Call it first thing in an entry point (before heavy imports do work); a no-op when already set.
+    """
+    missing = allocator_env_missing()
+    if missing:
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *argv], {**os.environ, **missing})
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA if available else CPU; a clear error for an unavailable CUDA device."""
     if name == "auto":

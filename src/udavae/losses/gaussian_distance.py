@@ -52,6 +52,14 @@ def _kernel_sum(m_p: Tensor, v_p: Tensor, m_q: Tensor, v_q: Tensor, coef: float,
     return coef * total
 
 
+def _distance(m_a: Tensor, v_a: Tensor, m_b: Tensor, v_b: Tensor, grads: list[Tensor] | None) -> Tensor:
+    """K(a, a) + K(b, b) - 2 K(a, b), accumulating its gradient into ``grads`` when given."""
+    total = _kernel_sum(m_a, v_a, m_a, v_a, 1.0, grads, (0, 1), (0, 1))
+    total = total + _kernel_sum(m_b, v_b, m_b, v_b, 1.0, grads, (2, 3), (2, 3))
+    total = total + _kernel_sum(m_a, v_a, m_b, v_b, -2.0, grads, (0, 1), (2, 3))
+    return total.to(m_a.dtype)
+
+
 class _GaussianKernelDistance(torch.autograd.Function):
     """D(a, b) on pooled, flattened (B x D) means and variances with a chunked analytic gradient."""
 
@@ -59,12 +67,10 @@ class _GaussianKernelDistance(torch.autograd.Function):
     def forward(ctx: FunctionCtx, m_a: Tensor, v_a: Tensor, m_b: Tensor, v_b: Tensor) -> Tensor:
         need = any(ctx.needs_input_grad)  # type: ignore[attr-defined]
         grads = [torch.zeros_like(t) for t in (m_a, v_a, m_b, v_b)] if need else None
-        total = _kernel_sum(m_a, v_a, m_a, v_a, 1.0, grads, (0, 1), (0, 1))
-        total = total + _kernel_sum(m_b, v_b, m_b, v_b, 1.0, grads, (2, 3), (2, 3))
-        total = total + _kernel_sum(m_a, v_a, m_b, v_b, -2.0, grads, (0, 1), (2, 3))
+        value = _distance(m_a, v_a, m_b, v_b, grads)
         if grads is not None:
             ctx.save_for_backward(*grads)
-        return total.to(m_a.dtype)
+        return value
 
     @staticmethod
     @once_differentiable
@@ -86,7 +92,10 @@ def gaussian_kernel_distance_flat(m_a: Tensor, v_a: Tensor, m_b: Tensor, v_b: Te
             f"expected B x D means/variances with the same D, got {tuple(m_a.shape)}, {tuple(v_a.shape)}, "
             f"{tuple(m_b.shape)}, {tuple(v_b.shape)}"
         )
-    return _GaussianKernelDistance.apply(_f32(m_a), _f32(v_a), _f32(m_b), _f32(v_b))
+    args = (_f32(m_a), _f32(v_a), _f32(m_b), _f32(v_b))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+        return _GaussianKernelDistance.apply(*args)
+    return _distance(*args, None)  # no gradient wanted (e.g. under no_grad): skip its accumulation
 
 
 def gaussian_kernel_distance(mu_a: Tensor, logvar_a: Tensor, mu_b: Tensor, logvar_b: Tensor,
