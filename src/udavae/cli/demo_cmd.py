@@ -81,6 +81,6 @@ def _evaluate_and_report(run_dir: Path) -> dict:
     from udavae.cli.eval_cmd import evaluate_run
     from udavae.reports.figures import make_report
 
-    summary, _ = evaluate_run(run_dir, split="test")
+    summary, _ = evaluate_run(run_dir, split="test", verbose=False)
     make_report(run_dir, run_dir / "report")
     return summary

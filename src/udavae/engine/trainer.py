@@ -192,10 +192,25 @@ class Trainer:
                 if is_main:
                     self._end_epoch(row)
                 barrier(self.dist)
+            self._check_replicas()
         finally:
             shutdown_distributed(self.dist)
         return {"best_epoch": self.best_epoch, "best_val_dice": self.best_score,
                 "epochs": self.epoch, "wall_time_s": time.time() - start_time}
+
+    def _check_replicas(self) -> None:
+        """Under DDP, verify every rank ends with the same weights (a cheap checksum comparison)."""
+        if not self.dist.enabled:
+            return
+        import torch.distributed as dist
+
+        checksum = torch.stack([p.detach().double().sum() for p in self.method.parameters()]).sum().reshape(1)
+        gathered = [torch.zeros_like(checksum) for _ in range(self.dist.world_size)]
+        dist.all_gather(gathered, checksum.to(self.device))
+        if any(not torch.allclose(g, gathered[0], rtol=1e-9, atol=0) for g in gathered):
+            raise RuntimeError(f"DDP replicas diverged: parameter checksums {[float(g) for g in gathered]}")
+        if self.dist.is_main:
+            tqdm.write(f"{self.dist.world_size} DDP replicas hold identical weights (checksum {float(checksum):.6g})")
 
     def _set_lr(self) -> float:
         lr = self.cfg.optim.lr * self.cfg.optim.lr_decay ** self.epoch
