@@ -236,7 +236,7 @@ class Trainer:
         start = self.epoch * iters
         rank, world = self.dist.rank, self.dist.world_size
         src_it = make_loader(self.data.source, bs, start, d.num_workers, rank, world, self.device.type == "cuda")
-        needs_target = cfg.method.kind != "noadapt"
+        needs_target = self.method.needs_target
         tgt_it = make_loader(self.data.target, bs, start, d.num_workers, rank, world,
                              self.device.type == "cuda") if needs_target else None
         self.model.train()
@@ -317,8 +317,13 @@ class Trainer:
 
 
 def _main_terms(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    keep = ("total", "seg", "recon", "kl", "dist", "mi", "cf")
-    return {k: v for k, v in sums.items() if k in keep} or dict(list(sums.items())[:4])
+    """Loss sums grouped by family (``seg_full`` + ``seg_half`` ... -> ``seg``) for the progress bar."""
+    groups: dict[str, torch.Tensor] = {"total": sums["total"]}
+    for k, v in sums.items():
+        if k != "total":
+            g = k.split("_")[0]
+            groups[g] = groups[g] + v if g in groups else v
+    return groups
 
 
 def _fmt(v: Any) -> str:

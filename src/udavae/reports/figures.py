@@ -78,7 +78,8 @@ def reconstruction_figure(method, source_slices: torch.Tensor, source_labels: to
             ("target", target_slices), ("target recon", rt[:, 0].float().cpu())]
     for r, (title, imgs) in enumerate(rows):
         for c in range(n):
-            axes[r, c].imshow(imgs[c].numpy(), cmap="gray", vmin=0, vmax=1)
+            # same display convention as the overlays: array (x, y) shown transposed, origin lower
+            axes[r, c].imshow(imgs[c].numpy().T, cmap="gray", vmin=0, vmax=1, origin="lower")
             axes[r, c].axis("off")
         axes[r, 0].set_title(title, fontsize=9, loc="left")
     return _save(fig, path)
