@@ -180,3 +180,28 @@ def test_dataset_without_validation_split(tmp_path: Path, dataset: Path, capsys)
     assert main(["train", "--dataset", str(copy), "--out", str(out), *TRAIN_ARGS]) == 2
     assert "no 'val' split" in capsys.readouterr().err
     assert not (out / "checkpoints").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A loss that turns NaN in epoch 2 stops training with a clear message; epoch 1's checkpoint survives."""
+    from udavae.methods.vae import VAEMethod
+
+    real_forward = VAEMethod.forward
+    calls = {"n": 0}
+
+    def poisoned(self, source, target=None):  # noqa: ANN001
+        out = real_forward(self, source, target)
+        calls["n"] += 1
+        if calls["n"] > 4:  # epoch 1 = 3 steps; NaN from the 2nd step of epoch 2
+            out["total"] = out["total"] * float("nan")
+        return out
+
+    monkeypatch.setattr(VAEMethod, "forward", poisoned)
+    out = tmp_path / "run"
+    args = [a for a in TRAIN_ARGS]
+    assert main(["train", "--dataset", str(dataset), "--out", str(out), *args, "runtime.log_every=1"]) == 2
+    err = capsys.readouterr().err
+    assert "NaN/Inf" in err and "epoch 2" in err and "last.pt" in err
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())

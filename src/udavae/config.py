@@ -111,6 +111,10 @@ class DataConfig:
         val_split / test_split: names of the target splits used for selection and for reporting.
         augment: random flips / rot90 / intensity gamma on training crops.
         num_workers: DataLoader worker processes (0 = in the main process).
+        resample_mm: if > 0, resample every domain in-plane to this isotropic spacing (mm) instead of the
+            dataset's own preprocessing; matches anatomical scale across domains and sets the cost.
+        size: if > 0, the in-plane size (pixels) slices are centre-cropped / padded to after resampling.
+            Both are stored with the model; evaluation and prediction still return to the native grid.
     """
 
     dataset: str = ""
@@ -123,6 +127,8 @@ class DataConfig:
     test_split: str = "test"
     augment: bool = False
     num_workers: int = 0
+    resample_mm: float = 0.0
+    size: int = 0
 
 
 @dataclass
@@ -203,6 +209,10 @@ class Config:
             raise ValueError(
                 f"data.crop={da.crop} must be divisible by 4*method.dist_pool={4 * me.dist_pool}"
             )
+        if da.size and da.crop > da.size:
+            raise ValueError(f"data.crop={da.crop} is larger than data.size={da.size}")
+        if da.resample_mm < 0:
+            raise ValueError(f"data.resample_mm must be >= 0, got {da.resample_mm}")
         if da.jitter < 0:
             raise ValueError(f"data.jitter must be >= 0, got {da.jitter}")
         for name in ("batch_size", "epochs", "iters_per_epoch"):

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from udavae.config import Config
+from udavae.data.preprocessing import Preprocessing
 from udavae.data.sampling import SliceCropDataset, make_loader
 from udavae.data.spec import DatasetSpec
 from udavae.data.volumes import LoadedCase, SliceStack, load_cases
@@ -54,6 +55,7 @@ class TrainData:
     target: SliceCropDataset
     val_cases: list[LoadedCase]
     spec: DatasetSpec
+    prep: Preprocessing
     source_cases: list[str] = field(default_factory=list)
     target_cases: list[str] = field(default_factory=list)
 
@@ -89,13 +91,24 @@ def prepare_data(cfg: Config) -> TrainData:
     if d.target_pool == "inductive":
         pool = [c for c in pool if c.id not in test_ids]
     seed = cfg.runtime.seed
-    src_loaded = load_cases(spec, src, with_labels=True, desc=f"loading {d.source}")
+    prep = run_preprocessing(cfg, spec)
+    src_loaded = load_cases(spec, src, prep, with_labels=True, desc=f"loading {d.source}")
     # Target pool: images only (labels are never read for training).
-    tgt_loaded = load_cases(spec, pool, with_labels=False, desc=f"loading {d.target}")
-    val_loaded = load_cases(spec, val, with_labels=True, desc=f"loading {d.target} val")
+    tgt_loaded = load_cases(spec, pool, prep, with_labels=False, desc=f"loading {d.target}")
+    val_loaded = load_cases(spec, val, prep, with_labels=True, desc=f"loading {d.target} val")
     source = SliceCropDataset(SliceStack.from_cases(src_loaded, True), d.crop, d.jitter, seed * 2 + 1, d.augment)
     target = SliceCropDataset(SliceStack.from_cases(tgt_loaded, False), d.crop, d.jitter, seed * 2 + 2, d.augment)
-    return TrainData(source, target, val_loaded, spec, [c.id for c in src], [c.id for c in pool])
+    return TrainData(source, target, val_loaded, spec, prep, [c.id for c in src], [c.id for c in pool])
+
+
+def run_preprocessing(cfg: Config, spec: DatasetSpec) -> Preprocessing:
+    """The dataset's preprocessing with the run's ``data.resample_mm`` / ``data.size`` applied."""
+    prep = spec.preprocessing
+    if cfg.data.resample_mm > 0:
+        prep = replace(prep, target_spacing=(cfg.data.resample_mm, cfg.data.resample_mm))
+    if cfg.data.size > 0:
+        prep = replace(prep, size=(cfg.data.size, cfg.data.size))
+    return prep
 
 
 class Trainer:
@@ -122,7 +135,7 @@ class Trainer:
         self.data = prepare_data(cfg)
         labels = self.data.spec.labels
         self.num_classes = labels.num_classes
-        self.info = mf.ModelInfo(labels, self.data.spec.preprocessing, self.data.spec.name,
+        self.info = mf.ModelInfo(labels, self.data.prep, self.data.spec.name,
                                  str(Path(cfg.data.dataset).resolve()), cfg.data.source, cfg.data.target)
         torch.manual_seed(cfg.runtime.seed)  # identical initial weights on every rank
         self.method = build_method(cfg, self.num_classes).to(self.device)

@@ -1,0 +1,108 @@
+"""MS-CMRSeg bSSFP (C0) -> LGE on this CPU: train each method with one budget and protocol, evaluate, record.
+
+For each method: ``udavae train --profile cpu`` (same seed, schedule and data for all), model selection on the
+LGE validation patients 1-5 only, then the selected ("best") and the last checkpoint evaluated on the test
+patients 6-45 (and the selected one on the validation patients), at the native resolution. Results are merged
+into the JSON file, so methods can be run one at a time (a killed run resumes from its last epoch).
+
+    python benchmarks/mscmrseg_cpu.py --methods noadapt,uda-vae,udavae++ \
+        [--data ../shared/data/mscmrseg/Patch192] [--work benchmarks/work] \
+        [--json benchmarks/results/mscmrseg_c0_to_lge_cpu.json] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "mscmrseg" / "Patch192"
+
+
+def _summary(s: dict) -> dict:
+    """Dice (%) and ASSD (mm) per structure: mean, std, and missed counts."""
+    out = {}
+    for name, m in s["structures"].items():
+        out[name] = {
+            "dice_mean": 100 * m["dice"]["mean"], "dice_std": 100 * m["dice"]["std"],
+            "assd_mean": m["assd"]["mean"], "assd_std": m["assd"]["std"], "assd_missing": m["assd"]["n_missing"],
+            "hd95_mean": m["hd95"]["mean"],
+        }
+    out["mean_dice"] = 100 * s["mean_dice"]
+    return out
+
+
+def main() -> None:
+    from udavae.engine.runtime import reexec_with_allocator_env
+
+    reexec_with_allocator_env(sys.argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default="noadapt,uda-vae,udavae++")
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--work", default=str(HERE / "work"))
+    ap.add_argument("--json", default=str(HERE / "results" / "mscmrseg_c0_to_lge_cpu.json"))
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("overrides", nargs="*", help="config key=value overrides, applied to every method")
+    args = ap.parse_args()
+
+    from udavae.cli.eval_cmd import evaluate_run
+    from udavae.data.importers import import_mscmrseg
+    from udavae.data.spec import SPEC_FILE
+    from udavae.engine.model_folder import load_checkpoint
+
+    work = Path(args.work)
+    dataset = work / "mscmrseg"
+    if not (dataset / SPEC_FILE).is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        import_mscmrseg(args.data, dataset, link=True)
+    out_json = Path(args.json)
+    results = json.loads(out_json.read_text()) if out_json.is_file() else {"methods": {}}
+    results["protocol"] = ("source: 35 C0 volumes (labelled); target training pool: all 45 LGE images, labels "
+                           "unused (transductive, as the published code); model selection: mean validation Dice "
+                           "on LGE patients 1-5; reported: LGE patients 6-45; metrics per patient on the 3-D "
+                           "volume at native resolution")
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        run = work / "runs" / method
+        cmd = [sys.executable, "-m", "udavae", "train", "--dataset", str(dataset), "--preset", method,
+               "--profile", args.profile, "--out", str(run), "--device", args.device, "--seed", str(args.seed),
+               *args.overrides]
+        if (run / "checkpoints" / "last.pt").is_file():
+            cmd.append("--resume")
+        print("$", " ".join(cmd), flush=True)
+        t0 = time.time()
+        rc = subprocess.run(cmd).returncode
+        if rc:
+            raise SystemExit(f"training {method} failed with exit code {rc}")
+        state = load_checkpoint(run / "checkpoints" / "last.pt")
+        train_time = sum(r.get("train_time_s", 0.0) for r in state["history"])
+        best_test, _ = evaluate_run(run, "test", "best", device=args.device, verbose=False)
+        best_val, _ = evaluate_run(run, "val", "best", device=args.device, verbose=False)
+        last_test, _ = evaluate_run(run, "test", "last", device=args.device, verbose=False)
+        results["methods"][method] = {
+            "test": _summary(best_test), "val": _summary(best_val), "test_last_epoch": _summary(last_test),
+            "selected_epoch": state["best_epoch"], "epochs": state["epoch"],
+            "training_wall_time_s": round(train_time, 1), "wall_time_this_call_s": round(time.time() - t0, 1),
+            "seed": args.seed, "profile": args.profile, "config": state["config"],
+            "command": " ".join(["udavae", *cmd[3:]]),
+            "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__,
+        }
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(results, indent=2) + "\n")
+        r = results["methods"][method]
+        print(f"{method}: test Dice MYO/LV/RV " + " / ".join(f"{r['test'][s]['dice_mean']:.2f}"
+                                                            for s in ("MYO", "LV", "RV"))
+              + f" (selected epoch {r['selected_epoch']}, {train_time / 60:.1f} min)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
