@@ -39,11 +39,8 @@ class CFDMethod(VariationalMethod):
 
     def forward(self, source: Batch, target: Batch | None = None) -> dict[str, Tensor]:
         """Weighted loss terms (``seg_*``, ``recon_*``, ``kl_*``, ``cf``, ``mean_*``) and ``total``."""
-        src, tgt = self.run_domains(source, target)
-        assert target is not None  # checked by run_domains
+        terms, src, tgt = self.common_terms(source, target)
         me = self.cfg.method
-        terms = self.segmentation_terms(src.out, source["label"])
-        terms.update(self.vae_terms(source, target, src, tgt))
         z_s, z_t = src.out.z[0], tgt.out.z[0]
         terms["cf"] = me.weights.cf * cf_distance(pooled_samples(z_s, me.cf_pool),
                                                   pooled_samples(z_t, me.cf_pool), me.cf_band)

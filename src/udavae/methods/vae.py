@@ -38,11 +38,8 @@ class VAEMethod(VariationalMethod):
 
     def forward(self, source: Batch, target: Batch | None = None) -> dict[str, Tensor]:
         """Weighted loss terms (names ``seg_*``, ``recon_*``, ``kl_*``, ``dist_*``, ``mi_*``) and ``total``."""
-        src, tgt = self.run_domains(source, target)
-        assert target is not None  # checked by run_domains
+        terms, src, tgt = self.common_terms(source, target)
         me = self.cfg.method
-        terms = self.segmentation_terms(src.out, source["label"])
-        terms.update(self.vae_terms(source, target, src, tgt))
         for i, scale in enumerate(LATENT_SCALES):
             d = gaussian_kernel_distance(src.out.mu[i], src.out.logvar[i], tgt.out.mu[i], tgt.out.logvar[i],
                                          pool=me.dist_pool)

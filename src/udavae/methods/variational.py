@@ -71,6 +71,15 @@ class VariationalMethod(UDAMethod):
         tgt = DomainPass(out_t, self._decode("tgt", out_t, None))  # type: ignore[arg-type]
         return src, tgt
 
+    def common_terms(self, source: Batch, target: Batch | None) -> tuple[dict[str, Tensor], DomainPass, DomainPass]:
+        """Both domains' passes and the terms every variational method has: source segmentation,
+        reconstruction and KL. Sub-classes add their alignment terms."""
+        src, tgt = self.run_domains(source, target)
+        assert target is not None  # checked by run_domains
+        terms = self.segmentation_terms(src.out, source["label"])
+        terms.update(self.vae_terms(source, target, src, tgt))
+        return terms, src, tgt
+
     def vae_terms(self, source: Batch, target: Batch, src: DomainPass, tgt: DomainPass) -> dict[str, Tensor]:
         """Weighted BCE reconstruction and KL terms at the three scales of both domains."""
         w = self.cfg.method.weights
