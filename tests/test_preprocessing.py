@@ -104,3 +104,14 @@ def test_mask_written_like_input_keeps_geometry(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shape"):
         save_like(np.zeros((2, 2, 2)), ref, tmp_path / "bad.nii.gz")
     assert not (tmp_path / "bad.nii.gz").exists()
+
+
+def test_pixel_zoom_round_trip() -> None:
+    prep = Preprocessing(zoom=2 / 3, size=(128, 128))
+    lab = _labels((192, 192, 2))
+    geom = prep.geometry(lab.shape, (1.25, 1.25, 10.0))
+    assert geom.resampled == (128, 128)
+    back = prep.invert_probabilities(_one_hot(prep.label(lab, (1.25, 1.25, 10.0))), geom).argmax(0).numpy()
+    assert back.shape == lab.shape and (back == lab).mean() > 0.98
+    with pytest.raises(ValueError, match="zoom"):
+        Preprocessing(zoom=0)

@@ -113,6 +113,7 @@ class DataConfig:
         num_workers: DataLoader worker processes (0 = in the main process).
         resample_mm: if > 0, resample every domain in-plane to this isotropic spacing (mm) instead of the
             dataset's own preprocessing; matches anatomical scale across domains and sets the cost.
+        zoom: if > 0 (and ``resample_mm`` is 0), scale slices in-plane by this pixel factor instead.
         size: if > 0, the in-plane size (pixels) slices are centre-cropped / padded to after resampling.
             Both are stored with the model; evaluation and prediction still return to the native grid.
     """
@@ -128,6 +129,7 @@ class DataConfig:
     augment: bool = False
     num_workers: int = 0
     resample_mm: float = 0.0
+    zoom: float = 0.0
     size: int = 0
 
 
@@ -211,6 +213,8 @@ class Config:
             )
         if da.size and da.crop > da.size:
             raise ValueError(f"data.crop={da.crop} is larger than data.size={da.size}")
+        if da.zoom < 0:
+            raise ValueError(f"data.zoom must be >= 0, got {da.zoom}")
         if da.resample_mm < 0:
             raise ValueError(f"data.resample_mm must be >= 0, got {da.resample_mm}")
         if da.jitter < 0:

@@ -102,10 +102,12 @@ def prepare_data(cfg: Config) -> TrainData:
 
 
 def run_preprocessing(cfg: Config, spec: DatasetSpec) -> Preprocessing:
-    """The dataset's preprocessing with the run's ``data.resample_mm`` / ``data.size`` applied."""
+    """The dataset's preprocessing with the run's ``data.resample_mm`` / ``zoom`` / ``size`` applied."""
     prep = spec.preprocessing
     if cfg.data.resample_mm > 0:
         prep = replace(prep, target_spacing=(cfg.data.resample_mm, cfg.data.resample_mm))
+    elif cfg.data.zoom > 0:
+        prep = replace(prep, target_spacing=None, zoom=cfg.data.zoom)
     if cfg.data.size > 0:
         prep = replace(prep, size=(cfg.data.size, cfg.data.size))
     return prep
