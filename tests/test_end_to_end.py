@@ -179,7 +179,7 @@ def test_dataset_without_validation_split(tmp_path: Path, dataset: Path, capsys)
     out = tmp_path / "run"
     assert main(["train", "--dataset", str(copy), "--out", str(out), *TRAIN_ARGS]) == 2
     assert "no 'val' split" in capsys.readouterr().err
-    assert not (out / "checkpoints").exists()
+    assert not out.exists()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset: Path, tmp_path: Path, monkeypatch, capsys) -> None:

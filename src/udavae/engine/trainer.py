@@ -30,7 +30,6 @@ from udavae.data.volumes import LoadedCase, SliceStack, load_cases
 from udavae.engine import model_folder as mf
 from udavae.engine.inference import Predictor
 from udavae.engine.runtime import (
-    DistInfo,
     autocast,
     barrier,
     init_distributed,
@@ -131,10 +130,10 @@ class Trainer:
             raise UserError(f"--resume: no checkpoint to resume from at {last}")
         if not resume and last.exists():
             raise UserError(f"{self.run} already holds a training run; use --resume or another --out folder")
+        seed_everything(cfg.runtime.seed + self.dist.rank)
+        self.data = prepare_data(cfg)  # before creating RUN: a bad dataset leaves nothing behind
         if self.dist.is_main:
             ensure_writable_dir(self.run)
-        seed_everything(cfg.runtime.seed + self.dist.rank)
-        self.data = prepare_data(cfg)
         labels = self.data.spec.labels
         self.num_classes = labels.num_classes
         self.info = mf.ModelInfo(labels, self.data.prep, self.data.spec.name,
@@ -354,9 +353,4 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
     return Trainer(cfg, run, resume).fit()
 
 
-def is_distributed_env() -> bool:
-    """True when launched by torchrun with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-__all__ = ["Trainer", "TrainingDiverged", "train", "prepare_data", "DistInfo"]
+__all__ = ["Trainer", "TrainingDiverged", "prepare_data", "run_preprocessing", "train"]
