@@ -11,6 +11,14 @@ from tqdm.auto import tqdm
 from udavae.errors import DataError, UserError
 
 
+def _model_args(p: argparse.ArgumentParser, batch: bool = True) -> None:
+    """Arguments every command that loads a model folder takes."""
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
+    if batch:
+        p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="per-patient, per-structure metrics of a model on a split",
                        description="Dice, IoU, ASSD, HD95 and HD (mm) per case and structure on the 3-D "
@@ -18,11 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("run", help="model folder written by 'udavae train'")
     e.add_argument("--split", default="test", help="split of the evaluated domain (default test)")
     e.add_argument("--domain", help="domain to evaluate (default: the model's target domain)")
-    e.add_argument("--checkpoint", default="best", choices=("best", "last"))
     e.add_argument("--dataset", help="dataset folder (default: the one the model was trained on)")
     e.add_argument("--out", help="output folder (default RUN/eval/<domain>_<split>_<checkpoint>)")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    _model_args(e)
     e.add_argument("--save-masks", action="store_true", help="also write the predicted masks (NIfTI)")
     e.set_defaults(func=run_evaluate, tune_malloc=True)
 
@@ -34,9 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="a NIfTI file or a folder of them")
     p.add_argument("output", help="output folder")
     p.add_argument("--samples", type=int, default=1, help="latent samples for uncertainty (default 1)")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
+    _model_args(p)
     p.set_defaults(func=run_predict, tune_malloc=True)
 
     r = sub.add_parser("report", help="figures: overlays, reconstructions, training curves (PNG)")
@@ -44,8 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", help="output folder (default RUN/report)")
     r.add_argument("--split", default="test")
     r.add_argument("--cases", type=int, default=4, help="number of target cases shown")
-    r.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    r.add_argument("--device", default="auto")
+    _model_args(r, batch=False)
     r.set_defaults(func=run_report)
 
 
@@ -126,7 +129,8 @@ def _input_files(path: Path) -> list[Path]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from udavae.data.nifti import load_volume, read_header, save_like, strip_nifti_suffix
+    from udavae.data.nifti import read_header, save_like, strip_nifti_suffix
+    from udavae.data.volumes import load_image
     from udavae.fileio import ensure_writable_dir
 
     if args.samples < 1:
@@ -141,10 +145,7 @@ def run_predict(args: argparse.Namespace) -> int:
     cfg, info, method, state, predictor = _load(args.run, args.checkpoint, args.device, args.batch_size)
     prep = info.preprocessing
     for f in tqdm(files, desc="predicting", unit="vol", disable=None):
-        vol = load_volume(f)
-        if not np.isfinite(vol.data).all():
-            raise DataError(f"{f}: image contains NaN or Inf values")
-        slices, geom = prep.image(vol.data, vol.spacing)
+        vol, slices, geom = load_image(f, prep)
         pred = predictor.predict(slices, geom, samples=args.samples)
         name = strip_nifti_suffix(f.name)
         save_like(info.labels.to_codes(pred.classes), vol, out / f"{name}.nii.gz")

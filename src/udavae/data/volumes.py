@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,13 +43,19 @@ class LoadedCase:
     reference: Volume
 
 
-def load_case(spec: DatasetSpec, case: Case, prep: Preprocessing, labels: LabelMap,
-              with_label: bool = True) -> LoadedCase:
-    """Read, check and preprocess one case (image and, if asked and present, its label)."""
-    vol = load_volume(spec.path(case.image))
+def load_image(path: str | Path, prep: Preprocessing) -> tuple[Volume, torch.Tensor, Geometry]:
+    """Read an image volume, refuse NaN/Inf, and preprocess it: (volume, slices (z, H, W), geometry)."""
+    vol = load_volume(path)
     if not np.isfinite(vol.data).all():
         raise DataError(f"{vol.path}: image contains NaN or Inf values")
     image, geom = prep.image(vol.data, vol.spacing)
+    return vol, image, geom
+
+
+def load_case(spec: DatasetSpec, case: Case, prep: Preprocessing, labels: LabelMap,
+              with_label: bool = True) -> LoadedCase:
+    """Read, check and preprocess one case (image and, if asked and present, its label)."""
+    vol, image, geom = load_image(spec.path(case.image), prep)
     label = native = None
     if with_label and case.label is not None:
         lab = load_volume(spec.path(case.label), dtype=None)
@@ -56,7 +63,6 @@ def load_case(spec: DatasetSpec, case: Case, prep: Preprocessing, labels: LabelM
             raise DataError(f"{lab.path}: label shape {lab.data.shape} != image shape {vol.data.shape}")
         native = labels.to_classes(lab.data, source=lab.path)
         label = prep.label(native, vol.spacing)
-    vol.data = vol.data.astype(np.float32, copy=False)
     return LoadedCase(case.id, image, label, geom, native, vol.spacing, vol)
 
 

@@ -176,8 +176,8 @@ class Trainer:
 
     def _load_state(self) -> None:
         state = mf.load_checkpoint(mf.checkpoint_path(self.run, "last"), map_location=self.device)
-        if state.get("config", {}).get("method") != self.cfg.to_dict()["method"] or \
-                state.get("config", {}).get("model") != self.cfg.to_dict()["model"]:
+        saved, now = state.get("config", {}), self.cfg.to_dict()
+        if any(saved.get(k) != now[k] for k in ("method", "model")):
             raise UserError("--resume: the checkpoint was trained with a different method/model configuration")
         self.method.load_state_dict(state["method"])
         for k, o in self.optimizers.items():
