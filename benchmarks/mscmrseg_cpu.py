@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -39,6 +40,17 @@ def _summary(s: dict) -> dict:
     return out
 
 
+def _relative(arg: str) -> str:
+    """A path argument relative to the repository (so recorded commands are not tied to this machine)."""
+    p = Path(arg)
+    if p.is_absolute():
+        try:
+            return os.path.relpath(p, HERE.parent)
+        except ValueError:
+            return arg
+    return arg
+
+
 def main() -> None:
     from udavae.engine.runtime import reexec_with_allocator_env
 
@@ -51,6 +63,8 @@ def main() -> None:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tag", default="", help="suffix of the result key and run folder, e.g. 'bf16' records "
+                    "'udavae++@bf16' beside 'udavae++' (for a variant run with different overrides)")
     ap.add_argument("overrides", nargs="*", help="config key=value overrides, applied to every method")
     args = ap.parse_args()
 
@@ -71,7 +85,8 @@ def main() -> None:
                            "on LGE patients 1-5; reported: LGE patients 6-45; metrics per patient on the 3-D "
                            "volume at native resolution")
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        run = work / "runs" / method
+        key = f"{method}@{args.tag}" if args.tag else method
+        run = work / "runs" / key
         cmd = [sys.executable, "-m", "udavae", "train", "--dataset", str(dataset), "--preset", method,
                "--profile", args.profile, "--out", str(run), "--device", args.device, "--seed", str(args.seed),
                *args.overrides]
@@ -87,19 +102,21 @@ def main() -> None:
         best_test, _ = evaluate_run(run, "test", "best", device=args.device, verbose=False)
         best_val, _ = evaluate_run(run, "val", "best", device=args.device, verbose=False)
         last_test, _ = evaluate_run(run, "test", "last", device=args.device, verbose=False)
-        results["methods"][method] = {
+        config = state["config"]
+        config["data"]["dataset"] = _relative(config["data"]["dataset"])
+        results["methods"][key] = {
             "test": _summary(best_test), "val": _summary(best_val), "test_last_epoch": _summary(last_test),
             "selected_epoch": state["best_epoch"], "epochs": state["epoch"],
             "training_wall_time_s": round(train_time, 1), "wall_time_this_call_s": round(time.time() - t0, 1),
-            "seed": args.seed, "profile": args.profile, "config": state["config"],
-            "command": " ".join(["udavae", *cmd[3:]]),
+            "seed": args.seed, "profile": args.profile, "config": config,
+            "command": " ".join(["udavae", *(_relative(c) for c in cmd[3:])]),
             "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__,
         }
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(results, indent=2) + "\n")
-        r = results["methods"][method]
-        print(f"{method}: test Dice MYO/LV/RV " + " / ".join(f"{r['test'][s]['dice_mean']:.2f}"
+        r = results["methods"][key]
+        print(f"{key}: test Dice MYO/LV/RV " + " / ".join(f"{r['test'][s]['dice_mean']:.2f}"
                                                             for s in ("MYO", "LV", "RV"))
               + f" (selected epoch {r['selected_epoch']}, {train_time / 60:.1f} min)", flush=True)
 

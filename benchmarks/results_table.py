@@ -25,9 +25,10 @@ def main() -> None:
     print("| method | test MYO | test LV | test RV | test mean | val MYO | val LV | val RV | ASSD MYO/LV/RV (mm) "
           "| selected epoch | train time | deck test MYO/LV/RV |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name in ("noadapt", "cfdnet", "uda-vae", "udavae++"):
-        if name not in res:
-            continue
+    order = ("noadapt", "cfdnet", "uda-vae", "udavae++")
+    # variant runs are keyed 'method@tag' and listed after their method
+    names = sorted((k for k in res if k.split("@")[0] in order), key=lambda k: (order.index(k.split("@")[0]), k))
+    for name in names:
         r = res[name]
         t, v = r["test"], r["val"]
         cells = [f"{t[s]['dice_mean']:.2f} ± {t[s]['dice_std']:.2f}" for s in STRUCTS]
@@ -36,7 +37,7 @@ def main() -> None:
         cells.append(" / ".join(f"{t[s]['assd_mean']:.2f}" for s in STRUCTS))
         cells.append(f"{r['selected_epoch']} of {r['epochs']}")
         cells.append(f"{r['training_wall_time_s'] / 60:.0f} min")
-        d = DECK.get(name)
+        d = None if "@" in name else DECK.get(name)
         cells.append(" / ".join(f"{x:.2f}" for x in d[:3]) if d else "")
         print(f"| {name} | " + " | ".join(cells) + " |")
 

@@ -30,6 +30,37 @@ def test_kl_matches_closed_form() -> None:
     assert kl_divergence(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
 
 
+def test_kl_fused_gradient_matches_autograd_of_the_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    import udavae.losses.kl as kl_module
+
+    g = torch.Generator().manual_seed(3)
+    mu = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    lv = (0.5 * torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)).requires_grad_()
+    whole = kl_divergence(mu, lv).item()
+    monkeypatch.setattr(kl_module, "CPU_CHUNK", 7)  # 96 elements in uneven chunks: same sum
+    assert kl_divergence(mu, lv).item() == pytest.approx(whole, rel=1e-12)
+    assert torch.autograd.gradcheck(kl_divergence, (mu, lv))
+    w = torch.tensor(0.7, dtype=torch.float64)
+    (w * kl_divergence(mu, lv)).backward()
+    mu2, lv2 = mu.detach().clone().requires_grad_(), lv.detach().clone().requires_grad_()
+    (w * 0.5 * torch.mean(mu2**2 + lv2.exp() - lv2 - 1.0)).backward()
+    torch.testing.assert_close(mu.grad, mu2.grad)
+    torch.testing.assert_close(lv.grad, lv2.grad)
+    # bfloat16 inputs: float32 value and bfloat16 gradients within bfloat16 rounding of the float32 ones
+    mb, lb = mu.detach().bfloat16().requires_grad_(), lv.detach().bfloat16().requires_grad_()
+    out = kl_divergence(mb, lb)
+    out.backward()
+    assert out.dtype == torch.float32 and mb.grad.dtype == torch.bfloat16
+    ref_m, ref_l = mb.detach().double().requires_grad_(), lb.detach().double().requires_grad_()
+    ref = kl_divergence(ref_m, ref_l)
+    ref.backward()
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(mb.grad.double(), ref_m.grad, rtol=1e-2, atol=1e-5)
+    torch.testing.assert_close(lb.grad.double(), ref_l.grad, rtol=1e-2, atol=1e-5)
+    with pytest.raises(ValueError, match="shapes differ"):
+        kl_divergence(torch.zeros(2, 3), torch.zeros(3, 2))
+
+
 def test_reconstruction_bce_equals_torch() -> None:
     g = torch.Generator().manual_seed(0)
     r = torch.rand(2, 1, 8, 8, generator=g)
@@ -159,3 +190,7 @@ def test_losses_are_float32_under_autocast() -> None:
         ]
     for out in outs:
         assert out.dtype == torch.float32 and torch.isfinite(out)
+    # the bf16 inputs are pooled before the float32 cast: the distance stays within bf16 rounding of fp32's
+    d32 = gaussian_kernel_distance(mu.float(), lv.float(), mu.float() + 0.1, lv.float(), pool=2)
+    assert outs[3].item() == pytest.approx(d32.item(), rel=2e-2)
+    assert outs[0].item() == pytest.approx(kl_divergence(mu.float(), lv.float()).item(), rel=1e-5)

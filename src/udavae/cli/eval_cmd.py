@@ -17,6 +17,8 @@ def _model_args(p: argparse.ArgumentParser, batch: bool = True) -> None:
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     if batch:
         p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+        p.add_argument("--amp", choices=("none", "bf16", "fp16"),
+                       help="mixed precision for inference (default: the model's training setting)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,21 +54,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report)
 
 
-def _load(run: str | Path, checkpoint: str, device_name: str, batch_size: int):
-    """Load a model folder and a predictor for it."""
+def _load(run: str | Path, checkpoint: str, device_name: str, batch_size: int, amp: str | None = None):
+    """Load a model folder and a predictor for it (``amp`` None: the precision the model trained in)."""
     from udavae.engine.inference import Predictor
     from udavae.engine.model_folder import load_trained
     from udavae.engine.runtime import resolve_device
 
     device = resolve_device(device_name)
     cfg, info, method, state = load_trained(run, checkpoint, device)
-    predictor = Predictor(method.net, info.preprocessing, device, batch_size=batch_size, amp=cfg.runtime.amp)
+    predictor = Predictor(method.net, info.preprocessing, device, batch_size=batch_size,
+                          amp=amp or cfg.runtime.amp)
     return cfg, info, method, state, predictor
 
 
 def evaluate_run(run: str | Path, split: str = "test", checkpoint: str = "best", domain: str | None = None,
                  dataset: str | None = None, out: str | Path | None = None, device: str = "auto",
-                 batch_size: int = 16, save_masks: bool = False, verbose: bool = True) -> tuple[dict, Path]:
+                 batch_size: int = 16, save_masks: bool = False, verbose: bool = True,
+                 amp: str | None = None) -> tuple[dict, Path]:
     """Evaluate a model folder on a split; write metrics.csv / summary.json; return (summary, folder)."""
     from udavae.data.nifti import save_like
     from udavae.data.spec import DatasetSpec
@@ -74,7 +78,7 @@ def evaluate_run(run: str | Path, split: str = "test", checkpoint: str = "best",
     from udavae.evaluation.evaluate import evaluate_cases, format_table, summary_of, write_metrics_csv, write_summary
     from udavae.fileio import ensure_writable_dir
 
-    cfg, info, method, state, predictor = _load(run, checkpoint, device, batch_size)
+    cfg, info, method, state, predictor = _load(run, checkpoint, device, batch_size, amp)
     spec = DatasetSpec.load(dataset or info.dataset_path)
     domain = domain or info.target
     cases = spec.split(domain, split)
@@ -111,7 +115,7 @@ def evaluate_run(run: str | Path, split: str = "test", checkpoint: str = "best",
 
 def run_evaluate(args: argparse.Namespace) -> int:
     evaluate_run(args.run, args.split, args.checkpoint, args.domain, args.dataset, args.out, args.device,
-                 args.batch_size, args.save_masks)
+                 args.batch_size, args.save_masks, amp=args.amp)
     return 0
 
 
@@ -142,7 +146,8 @@ def run_predict(args: argparse.Namespace) -> int:
         if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
             raise DataError(f"{f}: expected a 3-D volume, got shape {tuple(shape)}")
     out = ensure_writable_dir(args.output)
-    cfg, info, method, state, predictor = _load(args.run, args.checkpoint, args.device, args.batch_size)
+    cfg, info, method, state, predictor = _load(args.run, args.checkpoint, args.device, args.batch_size,
+                                                args.amp)
     prep = info.preprocessing
     for f in tqdm(files, desc="predicting", unit="vol", disable=None):
         vol, slices, geom = load_image(f, prep)

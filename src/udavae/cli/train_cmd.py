@@ -30,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="slices per domain per step (per process under torchrun)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"),
+                   help="mixed precision (default none = fp32): bf16 on CPUs with AVX512-BF16 / AMX and on "
+                   "GPUs, fp16 on CUDA; about 2x faster on such CPUs, changes rounding (see README)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (minutes of "
+                   "compilation first; pays off over long runs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run, tune_malloc=True)
@@ -42,9 +47,12 @@ def config_from_args(args: argparse.Namespace):
         "runtime.device": args.device, "runtime.seed": args.seed,
     }
     for flag, key in (("epochs", "optim.epochs"), ("iters_per_epoch", "optim.iters_per_epoch"),
-                      ("batch_size", "optim.batch_size"), ("workers", "data.num_workers")):
+                      ("batch_size", "optim.batch_size"), ("workers", "data.num_workers"),
+                      ("amp", "runtime.amp")):
         if getattr(args, flag) is not None:
             over[key] = getattr(args, flag)
+    if args.compile:
+        over["runtime.compile"] = True
     over.update(parse_overrides(args.overrides))
     return build_config(args.preset, args.profile, over)
 
