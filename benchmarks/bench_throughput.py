@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from udavae.config import parse_overrides
-from udavae.engine.runtime import MALLOC_ENV, autocast, reexec_with_allocator_env
+from udavae.engine.runtime import MALLOC_ENV, reexec_with_allocator_env
+from udavae.engine.trainer import optimisation_step
 from udavae.fileio import write_json
 from udavae.methods import build_method, make_optimizers
 from udavae.methods.presets import build_config
@@ -52,8 +53,8 @@ VARIANTS: dict[str, tuple[dict[str, str], bool]] = {
     "head-bf16": ({**HEAD, "runtime.amp": "bf16"}, True),
     "head-bf16-compile": ({**HEAD, "runtime.amp": "bf16", "runtime.compile": "true"}, True),
 }
-DEFAULT_RUNS = ("paper:fp32,paper:fp32-glibc,paper:bf16,paper:bf16-compile,paper:head-bf16,"
-                "paper:head-bf16-compile,cpu:fp32,cpu:bf16")
+DEFAULT_RUNS = ("paper:fp32,paper:fp32-glibc,paper:bf16,paper:bf16-cl,paper:bf16-compile,paper:head-fp32,"
+                "paper:head-bf16,cpu:fp32,cpu:bf16,cpu:bf16-compile")
 #: The authors' code on this machine type, as reported in issue 5 (images/s, batch 12 + 12, 160x160).
 AUTHORS_IMAGES_PER_S = {"as_found": 0.8, "with_malloc_tunables": 1.36}
 
@@ -109,13 +110,7 @@ def one_run(preset: str, profile: str, variant: str, steps: int, extra: dict[str
     times = []
     for _ in range(steps + 1):
         t = time.perf_counter()
-        with autocast(dev, cfg.runtime.amp):
-            losses = forward(src, tgt)
-        for o in opts.values():
-            o.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        for o in opts.values():
-            o.step()
+        optimisation_step(forward, opts, src, tgt, dev, cfg.runtime.amp)
         times.append(time.perf_counter() - t)
     s_step = float(np.median(times[1:]))
     images = b * (2 if tgt is not None else 1)

@@ -42,6 +42,24 @@ from udavae.fileio import ensure_writable_dir, write_text
 from udavae.methods import build_method, make_optimizers
 
 
+def optimisation_step(model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer], source: dict,
+                      target: dict | None, device: torch.device, amp: str) -> dict[str, torch.Tensor]:
+    """One training step: the loss terms under autocast, backward of ``total``, every optimiser steps.
+
+    All gradients are computed before any optimiser steps, so the order of the steps does not matter; the
+    critics' step comes first as in the reference. Returns the (not detached) loss terms. The benchmarks
+    time this same function.
+    """
+    with autocast(device, amp):
+        losses = model(source, target)
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    for name in sorted(optimizers, key=lambda k: k != "critic"):
+        optimizers[name].step()
+    return losses
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
 
@@ -265,14 +283,7 @@ class Trainer:
                 os._exit(137)
             src = self._to_device(next(src_it))
             tgt = self._to_device(next(tgt_it)) if tgt_it is not None else None
-            with autocast(self.device, cfg.runtime.amp):
-                losses = self.model(src, tgt)
-            for opt in self.optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            if "critic" in self.optimizers:
-                self.optimizers["critic"].step()
-            self.optimizers["main"].step()
+            losses = optimisation_step(self.model, self.optimizers, src, tgt, self.device, cfg.runtime.amp)
             for k, v in losses.items():
                 v = v.detach().float()
                 sums[k] = sums[k] + v if k in sums else v
