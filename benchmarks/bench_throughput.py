@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import repo_relative
 
 from udavae.config import parse_overrides
 from udavae.engine.runtime import MALLOC_ENV, reexec_with_allocator_env
@@ -39,7 +40,6 @@ from udavae.methods import build_method, make_optimizers
 from udavae.methods.presets import build_config
 from udavae.models.complexity import measure, synthetic_batch
 
-REPO = Path(__file__).resolve().parents[1]
 HEAD = {"model.wiring": "skip", "model.mean_head": "gate"}
 #: name -> (config overrides, use the glibc malloc tunables)
 VARIANTS: dict[str, tuple[dict[str, str], bool]] = {
@@ -194,12 +194,10 @@ def main() -> None:
             raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     peak = peak_gflops()
     print("measured peaks (GFLOP/s): " + ", ".join(f"{k[:-7]} {v:.0f}" for k, v in peak.items()), flush=True)
-    argv = [str(Path(a).resolve().relative_to(REPO)) if Path(a).is_absolute() and Path(a).resolve().is_relative_to(
-        REPO) else a for a in sys.argv]
     results = {"hardware": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                             "torch": torch.__version__, "python": platform.python_version(),
                             "bf16_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())},
-               "command": " ".join(["python", *argv]), "measured_peak_gflops": peak,
+               "command": " ".join(["python", *map(repo_relative, sys.argv)]), "measured_peak_gflops": peak,
                "authors_code_images_per_s": AUTHORS_IMAGES_PER_S, "training": [], "inference": []}
     for prof, variant in runs:
         # a fresh process per run, so peak memory (and the allocator set-up) is that run's own

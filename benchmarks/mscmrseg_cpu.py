@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import repo_relative
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "mscmrseg" / "Patch192"
@@ -38,17 +38,6 @@ def _summary(s: dict) -> dict:
         }
     out["mean_dice"] = 100 * s["mean_dice"]
     return out
-
-
-def _relative(arg: str) -> str:
-    """A path argument relative to the repository (so recorded commands are not tied to this machine)."""
-    p = Path(arg)
-    if p.is_absolute():
-        try:
-            return os.path.relpath(p, HERE.parent)
-        except ValueError:
-            return arg
-    return arg
 
 
 def main() -> None:
@@ -103,13 +92,13 @@ def main() -> None:
         best_val, _ = evaluate_run(run, "val", "best", device=args.device, verbose=False)
         last_test, _ = evaluate_run(run, "test", "last", device=args.device, verbose=False)
         config = state["config"]
-        config["data"]["dataset"] = _relative(config["data"]["dataset"])
+        config["data"]["dataset"] = repo_relative(config["data"]["dataset"])
         results["methods"][key] = {
             "test": _summary(best_test), "val": _summary(best_val), "test_last_epoch": _summary(last_test),
             "selected_epoch": state["best_epoch"], "epochs": state["epoch"],
             "training_wall_time_s": round(train_time, 1), "wall_time_this_call_s": round(time.time() - t0, 1),
             "seed": args.seed, "profile": args.profile, "config": config,
-            "command": " ".join(["udavae", *(_relative(c) for c in cmd[3:])]),
+            "command": " ".join(["udavae", *(repo_relative(c) for c in cmd[3:])]),
             "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__,
         }
