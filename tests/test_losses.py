@@ -61,13 +61,27 @@ def test_kl_fused_gradient_matches_autograd_of_the_formula(monkeypatch: pytest.M
         kl_divergence(torch.zeros(2, 3), torch.zeros(3, 2))
 
 
-def test_reconstruction_bce_equals_torch() -> None:
+def test_reconstruction_bce_equals_torch_bce_of_the_sigmoid() -> None:
     g = torch.Generator().manual_seed(0)
-    r = torch.rand(2, 1, 8, 8, generator=g)
-    x = torch.rand(2, 1, 8, 8, generator=g)
-    assert reconstruction_bce(r, x).item() == pytest.approx(F.binary_cross_entropy(r, x).item(), rel=1e-6)
-    r[0, 0, 0, 0] = 0.0  # log clamp at -100 like PyTorch
-    assert reconstruction_bce(r, x).item() == pytest.approx(F.binary_cross_entropy(r, x).item(), rel=1e-6)
+    logits = 3 * torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    x = torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    expected = F.binary_cross_entropy(torch.sigmoid(logits), x).item()
+    assert reconstruction_bce(logits.float(), x.float()).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="differ in shape"):
+        reconstruction_bce(logits, x[:, :, :4])
+
+
+def test_reconstruction_bce_gradient_is_finite_where_a_bf16_sigmoid_saturates() -> None:
+    """bf16 sigmoid(8) is exactly 1.0; the loss on logits still has the gradient (sigmoid(l) - x) / N."""
+    assert torch.sigmoid(torch.tensor(8.0).bfloat16()).item() == 1.0  # the trap this design avoids
+    logits = torch.tensor([[[[8.0, 0.0], [-9.0, 30.0]]]], requires_grad=True)
+    x = torch.full_like(logits, 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = reconstruction_bce(logits.bfloat16(), x)
+    loss.backward()
+    expected = (torch.sigmoid(logits.detach().bfloat16().float()) - 0.5) / 4
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    torch.testing.assert_close(logits.grad, expected, rtol=1e-2, atol=1e-6)  # grad passes the bf16 cast
 
 
 def test_balanced_ce_is_mean_of_per_class_means() -> None:
@@ -176,7 +190,7 @@ def test_losses_are_float32_under_autocast() -> None:
     mu = torch.randn(2, 3, 8, 8, generator=g).bfloat16()
     lv = (0.5 * torch.randn(2, 3, 8, 8, generator=g)).bfloat16()
     img = torch.rand(2, 1, 8, 8, generator=g)
-    rec = torch.rand(2, 1, 8, 8, generator=g).bfloat16()
+    rec = torch.randn(2, 1, 8, 8, generator=g).bfloat16()
     logits = torch.randn(2, 4, 8, 8, generator=g).bfloat16()
     target = torch.randint(0, 4, (2, 8, 8), generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):

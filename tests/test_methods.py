@@ -96,7 +96,8 @@ def test_target_smie_gets_target_reconstructions() -> None:
     method(*_batches())
     for dom in ("src", "tgt"):
         y, m = seen[dom]
-        assert all(m[i] is outputs[f"{dom}_{s}"] for i, s in enumerate(("full", "half", "quarter")))
+        for i, s in enumerate(("full", "half", "quarter")):  # the critic sees the image, sigmoid of the logits
+            torch.testing.assert_close(m[i], torch.sigmoid(outputs[f"{dom}_{s}"]), rtol=0, atol=0)
 
 
 def test_parameter_groups_and_reconstruct() -> None:
@@ -178,3 +179,29 @@ def test_train_cli_precision_flags() -> None:
     assert cfg.runtime.amp == "none" and cfg.runtime.compile is False
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--dataset", "d", "--out", "o", "--amp", "fp8"])
+
+
+@pytest.mark.parametrize("preset", ["uda-vae", "udavae++", "cfdnet"])
+def test_bf16_step_with_saturated_reconstructions_has_finite_gradients(preset: str) -> None:
+    """A reconstruction logit above ~6 rounds to exactly 1.0 through a bf16 sigmoid; the step must stay finite.
+
+    This is what stopped ``--amp bf16`` training on CUDA: a saturated pixel made the BCE's backward
+    ``0 * inf = NaN``, which poisoned every weight through the shared encoder.
+    """
+    from udavae.engine.runtime import autocast
+
+    method = _method(preset)
+    last_convs = {k: [m for m in dec.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+                  for k, dec in method.decoders.items()}
+    with torch.no_grad():
+        for conv in last_convs.values():
+            conv.bias.fill_(12.0)  # every reconstruction pixel far into the saturated range
+    src, tgt = _batches()
+    with autocast(torch.device("cpu"), "bf16"):
+        losses = method(src, tgt)
+    losses["total"].backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    bad = [n for n, p in method.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients in {bad[:5]}"
+    # the reconstruction term still pushes the saturated logits down (towards images in [0, 1])
+    assert last_convs["tgt_full"].bias.grad.item() > 0

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["reconstruction_bce"]
 
-_LOG_FLOOR = -100.0  # PyTorch's binary_cross_entropy clamps log terms here, so does this
 
+def reconstruction_bce(logits: Tensor, image: Tensor) -> Tensor:
+    """Mean-over-pixels BCE between ``sigmoid(logits)`` and the image in [0, 1], computed from the logits.
 
-def reconstruction_bce(recon: Tensor, image: Tensor) -> Tensor:
-    """Mean-over-pixels BCE between a sigmoid reconstruction and the image, both in [0, 1].
-
-    Written out (with PyTorch's log clamp at -100) instead of calling ``F.binary_cross_entropy``, which
-    refuses to run inside a CUDA autocast region; inputs are cast to float32 first, so the value equals
-    ``F.binary_cross_entropy(recon, image)`` and is safe under any autocast setting.
+    The decoders return logits and this loss applies the sigmoid itself (``binary_cross_entropy_with_logits``
+    in float32), because a sigmoid evaluated in bfloat16 rounds to exactly 1.0 for inputs above about 6:
+    a BCE on such a probability has an infinite ``1 / (1 - r)`` in its backward pass and turns the whole
+    step's gradient into NaN. On logits the loss and its gradient ``sigmoid(l) - x`` are finite in any
+    precision. In float32 the value equals ``F.binary_cross_entropy(sigmoid(logits), image)`` up to
+    rounding (that function additionally clamps its log terms at -100, reached only for |logit| > 100).
     """
-    if recon.shape != image.shape:
-        raise ValueError(f"reconstruction {tuple(recon.shape)} and image {tuple(image.shape)} differ in shape")
-    r = recon.float()
-    x = image.float()
-    log_r = torch.log(r).clamp_min(_LOG_FLOOR)
-    log_1mr = torch.log1p(-r).clamp_min(_LOG_FLOOR)
-    return -(x * log_r + (1.0 - x) * log_1mr).mean()
+    if logits.shape != image.shape:
+        raise ValueError(f"reconstruction {tuple(logits.shape)} and image {tuple(image.shape)} differ in shape")
+    return F.binary_cross_entropy_with_logits(logits.float(), image.float())

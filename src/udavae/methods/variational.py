@@ -26,10 +26,15 @@ DOMAINS = ("src", "tgt")
 
 @dataclass
 class DomainPass:
-    """Network output of one domain with its reconstructions at (full, 1/2, 1/4)."""
+    """Network output of one domain with its reconstruction logits at (full, 1/2, 1/4)."""
 
     out: VAEOutput
-    recon: tuple[Tensor, Tensor, Tensor]
+    recon_logits: tuple[Tensor, ...]
+
+    @property
+    def recon(self) -> tuple[Tensor, ...]:
+        """The reconstructed images, ``sigmoid`` of the logits, in (0, 1) (what the SMIE critics see)."""
+        return tuple(torch.sigmoid(r) for r in self.recon_logits)
 
 
 class VariationalMethod(UDAMethod):
@@ -81,19 +86,19 @@ class VariationalMethod(UDAMethod):
         return terms, src, tgt
 
     def vae_terms(self, source: Batch, target: Batch, src: DomainPass, tgt: DomainPass) -> dict[str, Tensor]:
-        """Weighted BCE reconstruction and KL terms at the three scales of both domains."""
+        """Weighted BCE reconstruction (on the decoders' logits) and KL terms at the three scales of both domains."""
         w = self.cfg.method.weights
         terms: dict[str, Tensor] = {}
         for dom, batch, res in (("src", source, src), ("tgt", target, tgt)):
             images = batch["image"]
             for i, scale in enumerate(LATENT_SCALES):
-                terms[f"recon_{dom}_{scale}"] = w.recon * reconstruction_bce(res.recon[i], images[i])
+                terms[f"recon_{dom}_{scale}"] = w.recon * reconstruction_bce(res.recon_logits[i], images[i])
                 terms[f"kl_{dom}_{scale}"] = w.kl * kl_divergence(res.out.mu[i], res.out.logvar[i])
         return terms
 
     @torch.no_grad()
     def reconstruct(self, batch: Batch, domain: str) -> Tensor | None:
-        """Full-scale reconstruction by ``domain``'s decoder (``source`` or ``target``), without gradients.
+        """Full-scale reconstructed image in (0, 1) by ``domain``'s decoder (``source`` or ``target``), no gradients.
 
         Source decoders are conditioned on the batch's labels when it has them, otherwise (and always for
         the target) on the network's softmax prediction.
@@ -107,4 +112,4 @@ class VariationalMethod(UDAMethod):
         else:
             y = torch.softmax(out.seg_logits[0], dim=1)
         key = "src_full" if domain == "source" else "tgt_full"
-        return self.decoders[key](out.z[0], y)
+        return torch.sigmoid(self.decoders[key](out.z[0], y).float())

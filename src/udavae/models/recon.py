@@ -16,7 +16,11 @@ __all__ = ["ReconDecoder"]
 
 
 class ReconDecoder(nn.Module):
-    """Seven 3x3 convolutions, BatchNorm2d + ReLU after the first six, sigmoid output in (0, 1).
+    """Seven 3x3 convolutions, BatchNorm2d + ReLU after the first six; returns logits.
+
+    The image estimate is ``sigmoid(logits)`` in (0, 1). The sigmoid is left to the consumers (the BCE
+    loss works on the logits, see :func:`udavae.losses.reconstruction_bce`) so that no probability is
+    ever rounded to exactly 0 or 1 in bfloat16 before a logarithm is taken of it.
 
     Channels: width, width, width/2, width/2, width/4, width/4, 1 (128 -> 365,665 / 439,393 / 586,849
     parameters for 64 / 128 / 256 latent channels and K = 4).
@@ -35,10 +39,10 @@ class ReconDecoder(nn.Module):
         layers: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:]):
             layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-        layers += [nn.Conv2d(chans[-1], 1, 3, padding=1), nn.Sigmoid()]
+        layers.append(nn.Conv2d(chans[-1], 1, 3, padding=1))
         self.body = nn.Sequential(*layers)
         init_conv_weights(self)
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        """Reconstruct a B x 1 x H x W image in (0, 1) from ``z`` (B x C x H x W) and ``y`` (B x K x H x W)."""
+        """Reconstruction logits B x 1 x H x W from ``z`` (B x C x H x W) and ``y`` (B x K x H x W)."""
         return self.body(torch.cat((z, y.to(z.dtype)), dim=1))
