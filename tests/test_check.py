@@ -71,8 +71,12 @@ def run_check(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 
 def assert_reported(root: Path, capsys: pytest.CaptureFixture[str], name: str, *words: str) -> str:
-    rc, out = run_check(root, capsys)
-    assert rc != 0, out
+    """``data check`` exits 2 and names ``name`` (with ``words``) on stderr, like every other command's errors."""
+    rc = main(["data", "check", str(root)])
+    captured = capsys.readouterr()
+    out = captured.err
+    assert rc == 2, captured.out + captured.err
+    assert captured.out == "", "problems must go to stderr"
     lines = [line for line in out.splitlines() if name in line]
     assert lines, f"{name} not named in:\n{out}"
     for word in words:
@@ -201,5 +205,25 @@ def test_every_bad_file_reported(dataset: Path, capsys: pytest.CaptureFixture[st
     problems = check_dataset(dataset, progress=False)
     names = {str(p.path.relative_to(dataset)) for p in problems}
     assert names == {"A/images/case1.nii.gz", "B/labels/case2.nii.gz", "B/labels/case1.nii.gz"}
-    rc, out = run_check(dataset, capsys)
-    assert rc == 1 and "FAILED: 3 problems in 3 files" in out
+    assert main(["data", "check", str(dataset)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.splitlines()
+    assert len(err) == 4 and err[-1] == f"FAILED: 3 problems in 3 files of {dataset}"
+    assert {line.split(":")[0] for line in err[:3]} == {str(dataset / n) for n in names}
+
+
+def test_folded_label_codes_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A structure may fold several codes (MYO = 200 + edema 1220 + scar 2221); other codes are still reported."""
+    root = tmp_path / "ds"
+    spec = make_dataset(root)
+    spec.labels = LabelMap.from_structures({"MYO": [200, 1220, 2221], "LV": 500, "RV": 600})
+    spec.save()
+    lab = make_label()
+    lab[4:6, 4:6], lab[6:8, 4:6] = 1220, 2221
+    write_nifti(root / "A/labels/case1.nii.gz", lab)
+    assert check_dataset(root) == []
+    lab[0, 0, 0] = 1221
+    write_nifti(root / "A/labels/case2.nii.gz", lab)
+    assert_reported(root, capsys, "A/labels/case2.nii.gz",
+                    "label codes [1221] are not in the label map MYO=200+1220+2221, LV=500, RV=600")

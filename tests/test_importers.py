@@ -236,3 +236,190 @@ def test_interrupted_import_is_redone(tmp_path: Path) -> None:
     assert not (out / INCOMPLETE_MARKER).exists()
     assert json.loads((out / SPEC_FILE).read_text())["domains"]["A"][0]["label"] == "A/labels/c1.nii.gz"
     assert check_dataset(out) == []
+
+
+# --------------------------------------------------------------------------- label maps with folded codes
+MYOPS_CODES = [200, 1220, 2221, 500, 600]  # MYO normal, edema, scar; LV; RV
+
+
+def test_labels_fold_several_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = fake_folder(tmp_path / "src", {"p1": (16, 16, 6), "p2": (16, 16, 6)}, MYOPS_CODES)
+    out = tmp_path / "out"
+    rc = main(["data", "import", "folder", str(src), str(out), "--domain", "LGE",
+               "--labels", "MYO=200+1220+2221,LV=500,RV=600"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "OK: 1 domains, 2 cases (2 labelled)" in captured.out  # data check accepts 1220 and 2221
+    assert json.loads((out / SPEC_FILE).read_text())["labels"]["codes"] == {"MYO": [200, 1220, 2221], "LV": 500,
+                                                                             "RV": 600}
+    spec = DatasetSpec.load(out)
+    codes = np.asarray(nib.load(out / "LGE/labels/p1.nii.gz").dataobj)
+    classes = spec.labels.to_classes(codes)
+    for code, cls in ((200, 1), (1220, 1), (2221, 1), (500, 2), (600, 3), (0, 0)):
+        assert set(np.unique(classes[codes == code]).tolist()) == {cls}
+    written = spec.labels.to_codes(classes)  # predicted masks carry the primary code
+    assert set(np.unique(written[np.isin(codes, [200, 1220, 2221])]).tolist()) == {200}
+    assert main(["data", "info", str(out)]) == 0
+    assert "1 MYO (codes 200+1220+2221), 2 LV (code 500)" in capsys.readouterr().out
+
+
+def test_label_map_json_forms() -> None:
+    old = LabelMap.from_dict({"codes": {"MYO": 200, "LV": 500}, "background_codes": [0, 420]})
+    assert old.codes == {"MYO": 200, "LV": 500} and old.extra_codes == {}
+    assert old.to_dict() == {"codes": {"MYO": 200, "LV": 500}, "background_codes": [0, 420]}  # stays plain ints
+    folded = LabelMap.from_dict({"codes": {"MYO": [200, 1220], "LV": [500]}})
+    assert folded.codes == {"MYO": 200, "LV": 500} and folded.extra_codes == {"MYO": (1220,)}
+    assert LabelMap.from_dict(folded.to_dict()) == folded
+    for bad in ({"MYO": []}, {"MYO": ["x"]}, {"MYO": [200, 200]}, {"MYO": 200, "LV": [500, 200]}):
+        with pytest.raises((ValueError, TypeError)):
+            LabelMap.from_dict({"codes": bad})
+
+
+def test_model_json_with_plain_codes_loads() -> None:
+    from udavae.engine.model_folder import ModelInfo
+
+    info = ModelInfo.from_dict({"labels": {"codes": {"MYO": 200, "LV": 500, "RV": 600}, "background_codes": [0]},
+                                "preprocessing": {}, "dataset": {"name": "x", "path": "x"}, "source": "C0",
+                                "target": "LGE"})
+    assert info.labels.to_codes(np.array([0, 1, 2, 3])).tolist() == [0, 200, 500, 600]
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    ("MYO=200,MYO=1220", "--labels: structure 'MYO' is named twice; to fold several codes into one structure "
+                         "write MYO=200+CODE"),
+    ("MYO=200,LV=200", "--labels: label code 200 is given for both MYO and LV"),
+    ("MYO=200+1220+200,LV=500", "--labels: label code 200 is given twice for MYO"),
+    ("MYO=200+x", "--labels: codes of 'MYO' must be integers joined by '+'"),
+])
+def test_labels_repeated_name_or_code_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              labels: str, message: str) -> None:
+    src = fake_folder(tmp_path / "src", {"p1": (16, 16, 4)}, [200, 1220])
+    out = tmp_path / "out"
+    assert main(["data", "import", "folder", str(src), str(out), "--domain", "A", "--labels", labels]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_labels_help_documents_syntax(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "import", "folder", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "MYO=200+1220+2221" in text and "--unlabelled" in text and "'all'" in text
+
+
+def test_no_label_files_needs_unlabelled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = fake_folder(tmp_path / "src", {"p1": (16, 16, 4), "p2": (16, 16, 4)}, [200], unlabelled=("p1", "p2"))
+    out = tmp_path / "out"
+    args = ["data", "import", "folder", str(src), str(out), "--domain", "LGE", "--labels", "MYO=200"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{src}: no label files found (looked for *_label.nii.gz, flat folder layout)" in err
+    assert "pass --unlabelled" in err and not out.exists()
+    assert main([*args, "--unlabelled"]) == 0
+    spec = DatasetSpec.load(out)
+    assert [c.label for c in spec.domains["LGE"]] == [None, None]
+    labelled = fake_folder(tmp_path / "labelled", {"p1": (16, 16, 4)}, [200])
+    assert main(["data", "import", "folder", str(labelled), str(tmp_path / "o2"), "--domain", "A",
+                 "--labels", "MYO=200", "--unlabelled"]) == 2
+    assert "declared unlabelled but 1 label files were found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- layouts and splits
+def test_images_labels_layout(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for k, case_id in enumerate(["p1", "p2", "p10"]):
+        write_nifti(src / "images" / f"{case_id}.nii.gz", image((16, 16, 4), k))
+        if case_id != "p10":
+            write_nifti(src / "labels" / f"{case_id}.nii.gz", label((16, 16, 4), [200, 500]))
+    spec = import_folder(src, tmp_path / "out", "T2", {"MYO": 200, "LV": 500}, val=["p2"])
+    assert [(c.id, c.label) for c in spec.domains["T2"]] == [("p1", "T2/labels/p1.nii.gz"),
+                                                             ("p2", "T2/labels/p2.nii.gz"), ("p10", None)]
+    assert spec.splits["T2"] == {"train": ["p1", "p10"], "val": ["p2"]}
+    assert filecmp.cmp(tmp_path / "out/T2/labels/p2.nii.gz", src / "labels/p2.nii.gz", shallow=False)
+    write_nifti(src / "labels" / "p3.nii.gz", label((16, 16, 4), [200]))
+    with pytest.raises(UserError, match=r"without an image of the same name in images/: p3\.nii\.gz"):
+        import_folder(src, tmp_path / "out2", "T2", {"MYO": 200, "LV": 500})
+
+
+def fake_nnunet(root: Path) -> Path:
+    for k, case_id in enumerate(["heart_001", "heart_002", "heart_003"]):
+        write_nifti(root / "imagesTr" / f"{case_id}_0000.nii.gz", image((16, 16, 4), k))
+        write_nifti(root / "labelsTr" / f"{case_id}.nii.gz", label((16, 16, 4), [1, 2]))
+    write_nifti(root / "imagesTs" / "heart_010_0000.nii.gz", image((16, 16, 4), 9))
+    (root / "dataset.json").write_text('{"labels": {"background": 0, "MYO": 1, "LV": 2}}')
+    return root
+
+
+def test_nnunet_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = fake_nnunet(tmp_path / "Dataset001_Heart")
+    out = tmp_path / "out"
+    rc = main(["data", "import", "folder", str(src), str(out), "--domain", "MR", "--labels", "MYO=1,LV=2",
+               "--val", "heart_001"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    spec = DatasetSpec.load(out)
+    assert [(c.id, c.label is not None) for c in spec.domains["MR"]] == [
+        ("heart_001", True), ("heart_002", True), ("heart_003", True), ("heart_010", False)]
+    assert spec.splits["MR"] == {"train": ["heart_002", "heart_003"], "val": ["heart_001"],
+                                 "unlabelled": ["heart_010"]}
+    assert filecmp.cmp(out / "MR/images/heart_002.nii.gz", src / "imagesTr/heart_002_0000.nii.gz", shallow=False)
+    write_nifti(src / "imagesTr" / "heart_001_0001.nii.gz", image((16, 16, 4), 5))
+    with pytest.raises(UserError, match=r"heart_001_0001\.nii\.gz: channel 0001 of a multi-channel case"):
+        import_folder(src, tmp_path / "out2", "MR", {"MYO": 1, "LV": 2})
+
+
+def test_split_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = fake_folder(tmp_path / "src", {"p1": (16, 16, 4), "p2": (16, 16, 4), "p3": (16, 16, 4)}, [200])
+    base = ["data", "import", "folder", str(src)]
+    assert main([*base, str(tmp_path / "a"), "--domain", "LGE", "--labels", "MYO=200", "--test", "all"]) == 0
+    assert DatasetSpec.load(tmp_path / "a").splits["LGE"] == {"test": ["p1", "p2", "p3"]}
+    assert main([*base, str(tmp_path / "b"), "--domain", "LGE", "--labels", "MYO=200", "--val", "p2",
+                 "--test", "all"]) == 0
+    assert DatasetSpec.load(tmp_path / "b").splits["LGE"] == {"val": ["p2"], "test": ["p1", "p3"]}
+    spec = import_folder(src, tmp_path / "c", "LGE", {"MYO": 200}, val="all")
+    assert spec.splits["LGE"] == {"val": ["p1", "p2", "p3"]}
+    capsys.readouterr()
+    assert main([*base, str(tmp_path / "d"), "--domain", "LGE", "--labels", "MYO=200", "--val", "all",
+                 "--test", "all"]) == 2
+    assert "val and test cannot both be 'all'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("label_suffix", "hint"), [
+    ("_gd", "images look like Case1_C0.nii.gz: pass --image-suffix _C0"),
+    (None, "files look like Case1_C0.nii.gz + Case1_gd.nii.gz: pass --label-suffix _gd --image-suffix _C0"),
+])
+def test_image_suffix_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str], label_suffix: str | None,
+                           hint: str) -> None:
+    src = tmp_path / "src"
+    for k in (1, 2, 10):
+        write_nifti(src / f"Case{k}_C0.nii.gz", image((16, 16, 4), k))
+        write_nifti(src / f"Case{k}_gd.nii.gz", label((16, 16, 4), [200]))
+    extra = ["--label-suffix", label_suffix] if label_suffix else []
+    args = ["data", "import", "folder", str(src), str(tmp_path / "out"), "--domain", "C0", "--labels", "MYO=200"]
+    assert main([*args, *extra]) == 2
+    assert hint in capsys.readouterr().err
+    assert main([*args, "--label-suffix", "_gd", "--image-suffix", "_C0"]) == 0
+
+
+def test_image_suffix_hint_default_label_suffix(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for k in (1, 2):
+        write_nifti(src / f"Case{k}_LGE.nii.gz", image((16, 16, 4), k))
+        write_nifti(src / f"Case{k}_label.nii.gz", label((16, 16, 4), [200]))
+    with pytest.raises(UserError, match=r"label files without an image: Case1_label\.nii\.gz, Case2_label\.nii\.gz; "
+                                        r"images look like Case1_LGE\.nii\.gz: pass --image-suffix _LGE"):
+        import_folder(src, tmp_path / "out", "LGE", {"MYO": 200})
+
+
+def test_folded_codes_extend_existing_dataset(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    import_folder(fake_folder(tmp_path / "c0", {"p1": (16, 16, 4)}, [200, 500, 600]), out, "C0",
+                  {"MYO": 200, "LV": 500, "RV": 600})
+    lge = fake_folder(tmp_path / "lge", {"q1": (16, 16, 6)}, MYOPS_CODES)
+    spec = import_folder(lge, out, "LGE", {"MYO": [200, 1220, 2221], "LV": 500, "RV": 600}, test="all")
+    assert spec.labels.structure_codes == {"MYO": (200, 1220, 2221), "LV": (500,), "RV": (600,)}
+    assert DatasetSpec.load(out).labels == spec.labels and check_dataset(out) == []
+    with pytest.raises(UserError, match=r"label map MYO=200\+1220\+2221, LV=500, RV=600 \(background 0\) of the "
+                                        r"existing dataset differs from the imported one MYO=1220"):
+        import_folder(lge, out, "T2", {"MYO": [1220, 200, 2221], "LV": 500, "RV": 600})

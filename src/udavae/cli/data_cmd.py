@@ -1,15 +1,17 @@
 """``udavae data ...``: import datasets into the canonical layout, check them, describe them, synthesise one.
 
-Every import prints what it wrote (per domain: cases, labelled; splits) and then checks the result, so
-a dataset that imports without error is known to be readable end to end.
+Every import vets its source files before writing anything, prints what it wrote (per domain: cases,
+labelled; splits) and then checks the result, so a dataset that imports without error is known to be
+readable end to end. Problems go to stderr with exit status 2, as for every other command.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from udavae.data.spec import DatasetSpec
+from udavae.data.spec import DatasetSpec, LabelMap
 from udavae.errors import UserError
 
 
@@ -18,20 +20,44 @@ def _list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def parse_labels(text: str) -> dict[str, int]:
-    """``MYO=200,LV=500,RV=600`` -> ``{"MYO": 200, "LV": 500, "RV": 600}`` (order kept)."""
-    out: dict[str, int] = {}
+LABELS_HELP = ("structures and their codes in the label files, in class order: NAME=CODE pairs, e.g. "
+               "MYO=200,LV=500,RV=600; NAME=CODE+CODE+... folds several codes into one structure, e.g. "
+               "MYO=200+1220+2221 (edema 1220 and scar 2221 count as myocardium), the first code being the one "
+               "written into predicted masks. Each name and each code may appear once; code 0 is background")
+
+
+def parse_labels(text: str) -> LabelMap:
+    """``MYO=200+1220,LV=500`` -> a LabelMap (order kept; MYO folds codes 200 and 1220, 200 primary).
+
+    Raises:
+        UserError: malformed pair, a structure named twice, or a code given twice.
+    """
+    structures: dict[str, list[int]] = {}
     for item in _list(text):
-        name, sep, code = item.partition("=")
-        if not sep or not name.strip():
+        name, sep, codes = (part.strip() for part in item.partition("="))
+        if not sep or not name:
             raise UserError(f"--labels: expected NAME=CODE pairs like MYO=200,LV=500, got {item!r}")
+        if name in structures:
+            raise UserError(f"--labels: structure {name!r} is named twice; to fold several codes into one "
+                            f"structure write {name}={'+'.join(map(str, structures[name]))}+CODE")
         try:
-            out[name.strip()] = int(code)
+            structures[name] = [int(c) for c in codes.split("+")]
         except ValueError:
-            raise UserError(f"--labels: code of {name.strip()!r} must be an integer, got {code!r}") from None
-    if not out:
+            raise UserError(f"--labels: codes of {name!r} must be integers joined by '+', "
+                            f"e.g. {name}=200+1220, got {codes!r}") from None
+    if not structures:
         raise UserError("--labels: give at least one NAME=CODE pair, e.g. MYO=200,LV=500,RV=600")
-    return out
+    try:
+        return LabelMap.from_structures(structures)
+    except ValueError as exc:
+        raise UserError(f"--labels: {exc}") from None
+
+
+def _split_arg(text: str | None) -> list[str] | str | None:
+    """``--val`` / ``--test``: comma-separated case ids, or ``all``."""
+    if text is None:
+        return None
+    return "all" if text.strip().lower() == "all" else _list(text)
 
 
 def _pair(text: str, kind: type, what: str) -> tuple:
@@ -63,7 +89,9 @@ def describe(spec: DatasetSpec, full: bool = False) -> list[str]:
                 lines.append(f"    {s}: {', '.join(ids)}")
     if full:
         lm = spec.labels
-        codes = ", ".join(f"{i} {name} (code {lm.codes[name]})" for i, name in lm.class_names.items())
+        all_codes = lm.structure_codes
+        codes = ", ".join(f"{i} {name} (code{'s' * (len(all_codes[name]) > 1)} "
+                          f"{'+'.join(map(str, all_codes[name]))})" for i, name in lm.class_names.items())
         lines.append(f"  classes: 0 background (codes {list(lm.background_codes)}), {codes}")
         p = spec.preprocessing
         lines.append(f"  preprocessing: intensity {p.intensity} ({p.lower:g}-{p.upper:g} percentiles), "
@@ -73,16 +101,17 @@ def describe(spec: DatasetSpec, full: bool = False) -> list[str]:
 
 
 def _run_check(root: Path) -> int:
+    """Check the dataset at ``root``: problems and a FAILED line to stderr (exit 2), or an OK line."""
     from udavae.data.check import check_dataset
 
     problems = check_dataset(root)
-    for problem in problems:
-        print(problem)
     if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
         files = len({p.path for p in problems})
         print(f"FAILED: {len(problems)} problem{'s' * (len(problems) != 1)} in {files} "
-              f"file{'s' * (files != 1)} of {root}")
-        return 1
+              f"file{'s' * (files != 1)} of {root}", file=sys.stderr)
+        return 2
     spec = DatasetSpec.load(root)
     cases = [c for cs in spec.domains.values() for c in cs]
     print(f"OK: {len(spec.domains)} domains, {len(cases)} cases ({sum(1 for c in cases if c.label)} labelled)")
@@ -107,10 +136,10 @@ def _cmd_folder(args: argparse.Namespace) -> int:
     spec = import_folder(
         args.src, args.out, domain=args.domain, labels=parse_labels(args.labels),
         label_suffix=args.label_suffix, image_suffix=args.image_suffix,
-        val=_list(args.val) if args.val else None, test=_list(args.test) if args.test else None,
+        val=_split_arg(args.val), test=_split_arg(args.test),
         size=_pair(args.size, int, "--size") if args.size else None,
         target_spacing=_pair(args.spacing, float, "--spacing") if args.spacing else None,
-        link=args.link, require_labels=args.require_labels,
+        link=args.link, require_labels=args.require_labels, unlabelled=args.unlabelled,
     )
     return _imported(spec)
 
@@ -156,18 +185,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--link", action="store_true", help=link_help)
     p.set_defaults(func=_cmd_mscmrseg)
 
-    p = imp_sub.add_parser("folder", help="your own folder of NIfTI images (+ labels) as one domain")
-    p.add_argument("src", help="folder of <id>.nii.gz images and <id><label-suffix>.nii.gz labels")
+    p = imp_sub.add_parser("folder", help="your own folder of NIfTI images (+ labels) as one domain",
+                           description="Import your own NIfTI images (+ labels) as one domain. Layouts "
+                                       "(detected): a flat folder of <id>.nii.gz images beside "
+                                       "<id><label-suffix>.nii.gz labels; SRC/images/ + SRC/labels/ with the "
+                                       "same file names; nnU-Net's SRC/imagesTr/<id>_0000.nii.gz + "
+                                       "SRC/labelsTr/<id>.nii.gz (SRC/imagesTs/ images become the split "
+                                       "'unlabelled'). Every file is checked before anything is written.")
+    p.add_argument("src", help="source folder (flat, images/ + labels/, or nnU-Net imagesTr/ + labelsTr/)")
     p.add_argument("out", help="output dataset folder (new, or an existing dataset to add the domain to)")
     p.add_argument("--domain", required=True, help="domain name, e.g. LGE")
-    p.add_argument("--labels", required=True, help="structure codes in the label files, e.g. MYO=200,LV=500,RV=600")
-    p.add_argument("--label-suffix", default="_label", help="label file name suffix (default: _label)")
-    p.add_argument("--image-suffix", default="", help="image file name suffix (default: none)")
-    p.add_argument("--val", help="comma-separated case ids for the val split")
-    p.add_argument("--test", help="comma-separated case ids for the test split")
+    p.add_argument("--labels", required=True, metavar="NAME=CODE[+CODE...],...", help=LABELS_HELP)
+    p.add_argument("--label-suffix", help="label file name suffix in a flat folder (default: _label)")
+    p.add_argument("--image-suffix", default="", help="image file name suffix not part of the case id, e.g. _C0 "
+                                                      "for Case1_C0.nii.gz (default: none)")
+    p.add_argument("--val", help="comma-separated case ids for the val split, or 'all' (every labelled case "
+                                 "not in --test)")
+    p.add_argument("--test", help="comma-separated case ids for the test split, or 'all' (every labelled case "
+                                  "not in --val: the whole domain as a test set)")
     p.add_argument("--size", help="in-plane size, e.g. 192 or 192,160 (default: largest, rounded up to 16)")
     p.add_argument("--spacing", help="in-plane spacing to resample to in mm, e.g. 1.25,1.25 (default: native)")
     p.add_argument("--require-labels", action="store_true", help="fail when an image has no label file")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="the domain has no label files (without it, finding none is an error)")
     p.add_argument("--link", action="store_true", help=link_help)
     p.set_defaults(func=_cmd_folder)
 
@@ -182,7 +222,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--link", action="store_true", help=link_help)
     p.set_defaults(func=_cmd_mmwhs)
 
-    p = data_sub.add_parser("check", help="read every file of a dataset and report every problem")
+    p = data_sub.add_parser("check", help="read every file of a dataset and report every problem "
+                                          "(on stderr; exit status 2 when there is any)")
     p.add_argument("dataset", help="dataset folder")
     p.set_defaults(func=_cmd_check)
 

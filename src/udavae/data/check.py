@@ -6,11 +6,15 @@ missing, unreadable / corrupt / truncated, not 3-D, empty (zero voxels or a cons
 NaN/Inf values, image/label shape, spacing or orientation mismatch, and label codes outside the label
 map; and for the description: a missing or malformed ``dataset.json``, domains without cases, split ids
 that do not exist, and an import that did not finish.
+
+The same per-file rules (:func:`check_files`, :func:`check_sources`) vet an import's source files before
+anything is written, so an import and ``udavae data check`` never disagree about what a usable file is.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +23,8 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from udavae.data.importers import INCOMPLETE_MARKER
 from udavae.data.nifti import Volume, load_volume
-from udavae.data.spec import SPEC_FILE, Case, DatasetSpec, LabelMap
+from udavae.data.spec import INCOMPLETE_MARKER, SPEC_FILE, Case, DatasetSpec, LabelMap
 from udavae.errors import UserError
 from udavae.fileio import read_json
 
@@ -147,8 +150,7 @@ def _check_label(vol: Volume, labels: LabelMap, problems: list[Problem]) -> None
         problems.append(Problem(vol.path, f"label holds non-integer values, e.g. {_fmt(odd)}"))
     unknown = sorted(set(rounded.astype(np.int64).tolist()) - labels.valid_codes)
     if unknown:
-        problems.append(Problem(vol.path, f"label codes {unknown} are not in the label map "
-                                          f"{dict(labels.codes)} (background {list(labels.background_codes)})"))
+        problems.append(Problem(vol.path, f"label codes {unknown} are not in the label map {labels.describe()}"))
 
 
 def _check_pair(image: Volume, label: Volume, problems: list[Problem]) -> None:
@@ -173,18 +175,46 @@ def _check_pair(image: Volume, label: Volume, problems: list[Problem]) -> None:
                                             f"by up to {diff:.4g} (tolerance {tol:.2g})"))
 
 
-def check_case(spec: DatasetSpec, case: Case) -> list[Problem]:
-    """All problems of one case (each of its files read once)."""
+def check_files(image_path: Path, label_path: Path | None, labels: LabelMap) -> list[Problem]:
+    """All problems of one image (and its label file, if any), each file read once."""
     problems: list[Problem] = []
-    image = _read(spec.path(case.image), "image", problems)
+    image = _read(image_path, "image", problems)
     if image is not None:
         _check_image(image, problems)
-    if case.label:
-        label = _read(spec.path(case.label), "label", problems)
+    if label_path is not None:
+        label = _read(label_path, "label", problems)
         if label is not None:
-            _check_label(label, spec.labels, problems)
+            _check_label(label, labels, problems)
             if image is not None:
                 _check_pair(image, label, problems)
+    return problems
+
+
+def check_case(spec: DatasetSpec, case: Case) -> list[Problem]:
+    """All problems of one case of a dataset."""
+    return check_files(spec.path(case.image), spec.path(case.label) if case.label else None, spec.labels)
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def check_sources(pairs: Iterable[tuple[Path, Path | None]], labels: LabelMap,
+                  progress: bool | None = None) -> list[Problem]:
+    """Every problem of (image, label or None) file pairs outside a dataset, e.g. an import's sources.
+
+    Problems name the given paths, so a user sees their own files, not the copies an import would make.
+
+    Args:
+        pairs: image path and label path (None for an unlabelled image).
+        labels: the label map the label files must follow.
+        progress: progress bar on stderr; default only when stderr is a terminal.
+    """
+    pairs = list(pairs)
+    problems: list[Problem] = []
+    for image, label in tqdm(pairs, desc="checking sources", unit="case", file=sys.stderr,
+                             disable=not _show_progress(progress)):
+        problems.extend(check_files(image, label, labels))
     return problems
 
 
@@ -208,7 +238,6 @@ def check_dataset(root: str | Path, progress: bool | None = None) -> list[Proble
         if not cases:
             problems.append(Problem(root / SPEC_FILE, f"domain {dom!r} has no cases (empty domain)"))
     all_cases = [c for cases in spec.domains.values() for c in cases]
-    show = sys.stderr.isatty() if progress is None else progress
-    for case in tqdm(all_cases, desc="checking", unit="case", file=sys.stderr, disable=not show):
+    for case in tqdm(all_cases, desc="checking", unit="case", file=sys.stderr, disable=not _show_progress(progress)):
         problems.extend(check_case(spec, case))
     return problems

@@ -1,14 +1,19 @@
 """Importers: public datasets and a user's own NIfTI folder -> the canonical ``dataset.json`` layout.
 
-Every importer first scans its source and fails with a clear error (naming the folder or file) before
-writing anything, then copies the files byte for byte (or symlinks them with ``link=True``) to
-``OUT/<domain>/images|labels/<id>.nii.gz`` and writes ``OUT/dataset.json`` last, atomically. While an
-import runs, a marker file :data:`INCOMPLETE_MARKER` sits in ``OUT``, so an interrupted import is never
-mistaken for a complete one (``udavae data check`` reports it; re-running the import resumes).
+Every importer first scans its source (failing with a clear error naming the folder or file), then reads
+every source file fully and vets it with the rules of ``udavae data check`` (:mod:`udavae.data.check`):
+on any problem it raises one error listing every problem, naming the user's own files, and writes
+nothing (a new ``OUT`` is not created; an existing one is left as it was). Only then does it copy the
+files byte for byte (or symlink them with ``link=True``) to ``OUT/<domain>/images|labels/<id>.nii.gz``
+and write ``OUT/dataset.json`` last, atomically. While the files are written, a marker file
+:data:`INCOMPLETE_MARKER` sits in ``OUT``, so an interrupted import is never mistaken for a complete one
+(``udavae data check`` reports it; re-running the import resumes). A write that fails (e.g. disk full)
+removes a new ``OUT`` again.
 
 ``OUT`` may be new, empty, an interrupted import, or an existing udavae dataset: then the imported domains
-are added (or replace same-named ones) and the label map must match. Any other non-empty folder is
-refused, so an import never overwrites unrelated files.
+are added (or replace same-named ones); the structures and their primary codes must match, further
+folded and background codes are merged. Any other non-empty folder is refused, so an import never
+overwrites unrelated files.
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from udavae.data.nifti import NIFTI_SUFFIXES, read_header, strip_nifti_suffix
+from udavae.data.check import Problem, check_sources
+from udavae.data.layouts import check_labelled, choose_splits, natural_key, scan_folder
+from udavae.data.nifti import NIFTI_SUFFIXES, read_header
 from udavae.data.preprocessing import Preprocessing
-from udavae.data.spec import SPEC_FILE, Case, DatasetSpec, LabelMap, case_relpaths
-from udavae.errors import UserError
+from udavae.data.spec import INCOMPLETE_MARKER, SPEC_FILE, Case, DatasetSpec, LabelMap, case_relpaths
+from udavae.errors import DataError, UserError
 from udavae.fileio import atomic_path, ensure_writable_dir, write_text
-
-INCOMPLETE_MARKER = ".udavae_import_incomplete"
 
 #: MS-CMRSeg 2019 label codes (background 0).
 MSCMRSEG_LABELS: dict[str, int] = {"MYO": 200, "LV": 500, "RV": 600}
@@ -48,11 +54,6 @@ class _Plan:
     preprocessing_explicit: bool = False  # True: overrides an existing dataset's preprocessing
 
 
-def natural_key(text: str) -> tuple:
-    """Sort key putting ``patient2`` before ``patient10``."""
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
-
-
 def _nifti_suffix(path: Path) -> str:
     return next(s for s in NIFTI_SUFFIXES if path.name.endswith(s))
 
@@ -66,14 +67,29 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 # --------------------------------------------------------------------------- writing
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
 def _open_output(out: Path, src: Path) -> DatasetSpec | None:
-    """Check ``out`` may be written; return the existing dataset there, if any."""
+    """Check ``out`` may be written (creating nothing); return the existing dataset there, if any."""
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a folder")
     if out.exists() and out.resolve() == src.resolve():
         raise UserError(f"output folder {out} is the input folder; choose another output folder")
-    if not out.exists() or not any(out.iterdir()):
-        ensure_writable_dir(out)
+    missing = _first_missing(out)
+    if missing is not None:
+        parent = missing.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise UserError(f"cannot create output folder {out}: {parent} is not a writable folder")
+        return None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"output folder {out} is not writable")
+    if not any(out.iterdir()):
         return None
     if (out / SPEC_FILE).is_file():
         try:
@@ -88,13 +104,39 @@ def _open_output(out: Path, src: Path) -> DatasetSpec | None:
 
 
 def _merge_labels(existing: LabelMap, new: LabelMap, out: Path) -> LabelMap:
-    """The existing map, extended by new background codes; a clear error when the structures differ."""
+    """The existing map, extended by the new extra and background codes.
+
+    The structures and their primary codes must be the same (in the same order): class indices and the
+    codes written back into predicted masks depend on them.
+    """
     if list(existing.codes.items()) != list(new.codes.items()):
-        raise UserError(f"{out / SPEC_FILE}: label map {existing.codes} of the existing dataset differs from "
-                        f"the imported one {new.codes}; use the same structures and codes in the same order, "
-                        "or import into a new folder")
-    extra = [c for c in new.background_codes if c not in existing.background_codes]
-    return LabelMap(codes=dict(existing.codes), background_codes=(*existing.background_codes, *extra))
+        raise UserError(f"{out / SPEC_FILE}: label map {existing.describe()} of the existing dataset differs from "
+                        f"the imported one {new.describe()}; use the same structures and primary codes in the "
+                        "same order, or import into a new folder")
+    extra = {name: (*existing.extra_codes.get(name, ()),
+                    *(c for c in new.extra_codes.get(name, ()) if c not in existing.extra_codes.get(name, ())))
+             for name in existing.codes}
+    background = (*existing.background_codes, *(c for c in new.background_codes if c not in existing.background_codes))
+    try:
+        return LabelMap(codes=dict(existing.codes), background_codes=background, extra_codes=extra)
+    except ValueError as exc:
+        raise UserError(f"{out / SPEC_FILE}: the imported label map {new.describe()} cannot be merged with the "
+                        f"existing {existing.describe()}: {exc}") from None
+
+
+def _validate_sources(plan: _Plan, labels: LabelMap, out: Path) -> None:
+    """Read every source file with the rules of ``udavae data check``; raise one error listing all problems."""
+    pairs = [(image, label) for entries in plan.domains.values() for _, image, label in entries]
+    problems = check_sources(pairs, labels)
+    if problems:
+        raise DataError(_problem_report(problems, out))
+
+
+def _problem_report(problems: list[Problem], out: Path) -> str:
+    files = len({p.path for p in problems})
+    head = (f"{len(problems)} problem{'s' * (len(problems) != 1)} in {files} source file{'s' * (files != 1)}; "
+            f"nothing was written to {out}:")
+    return "\n".join([head, *(f"  {p}" for p in problems)])
 
 
 def _place(src: Path, dest: Path, link: bool) -> None:
@@ -112,14 +154,32 @@ def _place(src: Path, dest: Path, link: bool) -> None:
 
 
 def _write(plan: _Plan, src: Path, out: str | Path, link: bool) -> DatasetSpec:
-    """Copy/link the planned files into ``out`` and write ``dataset.json`` last."""
+    """Vet every planned source file, then copy/link them into ``out`` and write ``dataset.json`` last.
+
+    Nothing is written when a source file has a problem. When writing fails, a folder this call created
+    is removed again; an interruption (Ctrl-C, kill) leaves the incomplete marker for the next run.
+    """
     out = Path(out)
     existing = _open_output(out, src)
-    labels, preprocessing, name, description = plan.labels, plan.preprocessing, plan.name, plan.description
+    labels = plan.labels if existing is None else _merge_labels(existing.labels, plan.labels, out)
+    _validate_sources(plan, labels, out)
+    created = _first_missing(out)
+    ensure_writable_dir(out)
+    try:
+        return _write_files(plan, out, existing, labels, link)
+    except Exception:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _write_files(plan: _Plan, out: Path, existing: DatasetSpec | None, labels: LabelMap,
+                 link: bool) -> DatasetSpec:
+    """Place the files of ``plan`` under the incomplete marker; merge with ``existing``; save the spec."""
+    preprocessing, name, description = plan.preprocessing, plan.name, plan.description
     domains: dict[str, list[Case]] = {}
     splits: dict[str, dict[str, list[str]]] = {}
     if existing is not None:
-        labels = _merge_labels(existing.labels, plan.labels, out)
         if not plan.preprocessing_explicit:
             preprocessing = existing.preprocessing
         name, description = existing.name, existing.description or description
@@ -229,22 +289,55 @@ def _rounded_up(n: float, multiple: int = 16) -> int:
     return int(-(-round(n) // multiple) * multiple)
 
 
-def import_folder(src: str | Path, out: str | Path, domain: str, labels: dict[str, int],
-                  label_suffix: str = "_label", image_suffix: str = "", val: list[str] | None = None,
-                  test: list[str] | None = None, size: tuple[int, int] | int | None = None,
-                  target_spacing: tuple[float, float] | None = None, link: bool = False,
-                  require_labels: bool = False) -> DatasetSpec:
-    """Import a folder of NIfTI images (and labels ``<id><label_suffix>.nii.gz``) as domain ``domain``.
+def _default_size(images: list[Path], target_spacing: tuple[float, float] | None) -> int:
+    """Largest in-plane extent (after resampling to ``target_spacing``) rounded up to 16.
 
-    Images are the NIfTI files of ``src`` (not in subfolders) whose name ends with ``image_suffix`` and
-    that are not label files; the case id is the name without suffixes. Images of any in-plane size and
-    spacing are accepted. Cases named in ``val`` / ``test`` form those splits, the rest ``train``.
+    Unreadable headers are skipped here: the source check reports them before anything is written.
+    """
+    largest = 0.0
+    for path in images:
+        try:
+            hdr = read_header(path).header
+        except DataError:
+            continue
+        shape, zooms = hdr.get_data_shape(), hdr.get_zooms()
+        for n, s, t in zip(shape[:2], zooms[:2], target_spacing or (None, None)):
+            largest = max(largest, n * s / t if t else n)
+    return _rounded_up(largest) or 16  # 0: nothing readable, and the source check will say so
+
+
+def _label_map(labels: LabelMap | Mapping[str, int | Sequence[int]]) -> LabelMap:
+    if isinstance(labels, LabelMap):
+        return labels
+    try:
+        return LabelMap.from_structures(labels)
+    except ValueError as exc:
+        raise UserError(f"label map {dict(labels)}: {exc}") from None
+
+
+def import_folder(src: str | Path, out: str | Path, domain: str,
+                  labels: LabelMap | Mapping[str, int | Sequence[int]], label_suffix: str | None = None,
+                  image_suffix: str = "", val: Sequence[str] | str | None = None,
+                  test: Sequence[str] | str | None = None, size: tuple[int, int] | int | None = None,
+                  target_spacing: tuple[float, float] | None = None, link: bool = False,
+                  require_labels: bool = False, unlabelled: bool = False) -> DatasetSpec:
+    """Import a folder of NIfTI images (and labels) as domain ``domain``.
+
+    The layout is detected (:mod:`udavae.data.layouts`): a flat folder of ``<id><image_suffix>.nii.gz``
+    images and ``<id><label_suffix>.nii.gz`` labels (default suffix ``_label``); ``images/`` + ``labels/``
+    with the same file names; or nnU-Net's ``imagesTr/<id>_0000.nii.gz`` + ``labelsTr/<id>.nii.gz``
+    (``imagesTs/`` images become the split ``unlabelled``). Images of any in-plane size and spacing are
+    accepted. Cases named in ``val`` / ``test`` form those splits, the rest ``train``.
 
     Args:
-        labels: structure name -> code in the label files, e.g. ``{"MYO": 200, "LV": 500}``.
+        labels: structure name -> code(s) in the label files, e.g. ``{"MYO": [200, 1220, 2221], "LV": 500}``
+            (several codes are folded into one class; the first is the primary code), or a LabelMap.
+        val, test: case ids, or ``"all"`` (:data:`udavae.data.layouts.ALL`): every labelled case not
+            named by the other split.
         size: in-plane network size; default the largest in-plane size (after resampling to
             ``target_spacing`` when given) rounded up to a multiple of 16, so nothing is cropped.
         require_labels: fail when an image has no label file.
+        unlabelled: the domain has no labels (otherwise finding no label file at all is an error).
 
     When ``out`` is an existing dataset the domain is added (or replaces the same-named one); the label
     map must then equal the existing one, and its preprocessing is kept unless ``size`` or
@@ -252,57 +345,19 @@ def import_folder(src: str | Path, out: str | Path, domain: str, labels: dict[st
     """
     src = _require_dir(Path(src), "input folder")
     _check_domain_name(domain)
-    if not label_suffix:
-        raise UserError("label_suffix must not be empty (it tells label files from images)")
-    label_map = LabelMap({str(k): int(v) for k, v in labels.items()})
-    files = sorted(f for f in src.iterdir() if f.name.endswith(NIFTI_SUFFIXES) and not f.name.startswith("."))
-    label_files = {strip_nifti_suffix(f.name)[: -len(label_suffix)]: f for f in files
-                   if strip_nifti_suffix(f.name).endswith(label_suffix)}
-    images: dict[str, Path] = {}
-    for f in files:
-        stem = strip_nifti_suffix(f.name)
-        if stem.endswith(label_suffix) or not stem.endswith(image_suffix):
-            continue
-        case_id = stem[: len(stem) - len(image_suffix)]
-        if not case_id or case_id in images:
-            raise UserError(f"{f}: {'empty' if not case_id else 'duplicate'} case id {case_id!r}")
-        images[case_id] = f
-    if not images:
-        raise UserError(f"{src}: no NIfTI images (*{image_suffix}.nii.gz / .nii) found in this folder")
-    orphans = sorted(label_files.keys() - images.keys())
-    if orphans:
-        raise UserError(f"{src}: label files without an image: {', '.join(label_files[i].name for i in orphans)}")
-    unlabelled = sorted(images.keys() - label_files.keys(), key=natural_key)
-    if require_labels and unlabelled:
-        raise UserError(f"{src}: images without a label file (*{label_suffix}.nii.gz): "
-                        f"{', '.join(images[i].name for i in unlabelled)}")
-    ids = sorted(images, key=natural_key)
-    val, test = list(val or []), list(test or [])
-    for what, chosen in (("val", val), ("test", test)):
-        unknown = [i for i in chosen if i not in images]
-        if unknown:
-            raise UserError(f"{src}: {what} cases {unknown} are not images of this folder (ids: {', '.join(ids)})")
-    both = sorted(set(val) & set(test))
-    if both:
-        raise UserError(f"cases {both} are in both val and test")
-    splits = {"train": [i for i in ids if i not in val and i not in test]}
-    splits.update({k: v for k, v in (("val", val), ("test", test)) if v})
+    label_map = _label_map(labels)
+    scan = scan_folder(src, image_suffix, label_suffix)
+    check_labelled(src, scan, unlabelled, require_labels)
+    splits = choose_splits(src, scan, val, test)
+    ids = sorted(scan.images, key=natural_key)
     explicit = size is not None or target_spacing is not None
     if size is None:
-        largest = 0.0
-        for case_id in ids:
-            hdr = read_header(images[case_id]).header
-            shape, zooms = hdr.get_data_shape(), hdr.get_zooms()
-            if len(shape) < 2:
-                raise UserError(f"{images[case_id]}: expected a 3-D volume, got shape {shape}")
-            for n, s, t in zip(shape[:2], zooms[:2], target_spacing or (None, None)):
-                largest = max(largest, n * s / t if t else n)
-        size = _rounded_up(largest)
+        size = _default_size([scan.images[i] for i in ids], target_spacing)
     sizes = (size, size) if isinstance(size, int) else tuple(size)
     plan = _Plan(
         name=Path(out).name or "dataset", labels=label_map,
-        domains={domain: [(i, images[i], label_files.get(i)) for i in ids]},
-        splits={domain: {k: v for k, v in splits.items() if v}},
+        domains={domain: [(i, scan.images[i], scan.labels.get(i)) for i in ids]},
+        splits={domain: splits},
         preprocessing=Preprocessing(intensity="percentile", size=sizes, target_spacing=target_spacing),
         description=f"imported from {src}", preprocessing_explicit=explicit,
     )

@@ -3,9 +3,9 @@
 In the spirit of nnU-Net's dataset.json + imagesTr/labelsTr, one JSON file declares:
 
 - ``name``: dataset name;
-- ``labels``: structure name -> code as stored in the label files (class index = position + 1;
-  0 is background); ``background_codes``: further codes mapped to background (e.g. MM-WHS AA/PA when
-  not segmented);
+- ``labels``: structure name -> code as stored in the label files, or a list of codes folded into
+  that structure, primary code first (class index = position + 1; 0 is background);
+  ``background_codes``: further codes mapped to background (e.g. MM-WHS AA/PA when not segmented);
 - ``domains``: domain name -> list of cases ``{"id", "image", "label"?}`` (paths relative to the root);
 - ``splits``: domain name -> split name -> case ids (e.g. ``LGE: {val: [...], test: [...]}``);
 - ``preprocessing``: how images are normalised and sized (:mod:`udavae.data.preprocessing`).
@@ -13,6 +13,7 @@ In the spirit of nnU-Net's dataset.json + imagesTr/labelsTr, one JSON file decla
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from udavae.errors import DataError
 from udavae.fileio import read_json, write_json
 
 SPEC_FILE = "dataset.json"
+#: Marker file present in a dataset folder while an import into it runs (an interrupted import leaves it).
+INCOMPLETE_MARKER = ".udavae_import_incomplete"
 FORMAT_VERSION = 1
 
 
@@ -40,21 +43,60 @@ class Case:
 class LabelMap:
     """Structure names and their codes in the label files.
 
-    Class indices are 0 = background, then 1..K-1 in the order of ``codes``.
+    Class indices are 0 = background, then 1..K-1 in the order of ``codes``. A structure may fold several
+    file codes into one class (e.g. myocardium = normal 200 + edema 1220 + scar 2221): ``codes`` holds
+    each structure's primary code (written back by :meth:`to_codes`), ``extra_codes`` the further codes
+    that :meth:`to_classes` maps to the same class. In ``dataset.json`` a structure's value is its code,
+    or the list ``[primary, *extra]``.
     """
 
     codes: dict[str, int]
     background_codes: tuple[int, ...] = (0,)
+    extra_codes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.codes:
             raise ValueError("a label map needs at least one structure")
-        values = list(self.codes.values())
-        if len(set(values)) != len(values):
-            raise ValueError(f"label codes must be distinct: {self.codes}")
-        clash = set(values) & set(self.background_codes)
+        unknown = [name for name in self.extra_codes if name not in self.codes]
+        if unknown:
+            raise ValueError(f"extra codes given for structures {unknown} that are not in the label map")
+        self.extra_codes = {name: tuple(extra) for name, extra in self.extra_codes.items() if extra}
+        owner: dict[int, str] = {}
+        for name, codes in self.structure_codes.items():
+            for code in codes:
+                if code in owner:
+                    where = "twice for " + name if owner[code] == name else f"for both {owner[code]} and {name}"
+                    raise ValueError(f"label code {code} is given {where}; each code may name one structure once")
+                owner[code] = name
+        clash = set(owner) & set(self.background_codes)
         if clash:
             raise ValueError(f"codes {sorted(clash)} are both structures and background")
+
+    @classmethod
+    def from_structures(cls, structures: Mapping[str, int | Sequence[int]],
+                        background_codes: Sequence[int] = (0,)) -> LabelMap:
+        """Build a map from ``{name: code}`` or ``{name: [primary, *extra]}`` (the first code is primary).
+
+        Raises:
+            ValueError: a structure without codes, or a code that is not an integer.
+        """
+        codes: dict[str, int] = {}
+        extra: dict[str, tuple[int, ...]] = {}
+        for name, value in structures.items():
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            if not values:
+                raise ValueError(f"structure {name!r} has no codes")
+            bad = [v for v in values if not isinstance(v, (int, np.integer)) or isinstance(v, bool)]
+            if bad:
+                raise ValueError(f"codes of structure {name!r} must be integers, got {bad[0]!r}")
+            codes[str(name)] = int(values[0])
+            extra[str(name)] = tuple(int(v) for v in values[1:])
+        return cls(codes=codes, background_codes=tuple(int(c) for c in background_codes), extra_codes=extra)
+
+    @property
+    def structure_codes(self) -> dict[str, tuple[int, ...]]:
+        """Structure name -> all its codes, primary first."""
+        return {name: (code, *self.extra_codes.get(name, ())) for name, code in self.codes.items()}
 
     @property
     def num_classes(self) -> int:
@@ -69,10 +111,15 @@ class LabelMap:
     @property
     def valid_codes(self) -> set[int]:
         """Every code allowed in a label file."""
-        return set(self.codes.values()) | set(self.background_codes)
+        return {c for codes in self.structure_codes.values() for c in codes} | set(self.background_codes)
+
+    def describe(self) -> str:
+        """``MYO=200+1220, LV=500 (background 0)``: the map as ``--labels`` takes it."""
+        items = ", ".join(f"{name}={'+'.join(map(str, codes))}" for name, codes in self.structure_codes.items())
+        return f"{items} (background {'+'.join(map(str, self.background_codes))})"
 
     def to_classes(self, codes: np.ndarray, source: str | Path = "label volume") -> np.ndarray:
-        """Map a label array of file codes to class indices (uint8).
+        """Map a label array of file codes to class indices (uint8); every code of a structure gives its class.
 
         Raises:
             DataError: a code outside the map occurs (naming ``source`` and the offending codes).
@@ -83,27 +130,53 @@ class LabelMap:
         present = np.unique(rounded)
         unknown = sorted(set(present.tolist()) - self.valid_codes)
         if unknown:
-            raise DataError(
-                f"{source}: label codes {unknown} are not in the label map "
-                f"{dict(self.codes)} (background {list(self.background_codes)})"
-            )
+            raise DataError(f"{source}: label codes {unknown} are not in the label map {self.describe()}")
         out = np.zeros(rounded.shape, dtype=np.uint8)
-        for cls, code in enumerate(self.codes.values(), start=1):
-            out[rounded == code] = cls
+        for cls, structure in enumerate(self.structure_codes.values(), start=1):
+            out[np.isin(rounded, structure)] = cls
         return out
 
     def to_codes(self, classes: np.ndarray) -> np.ndarray:
-        """Map class indices back to the dataset's own codes (int16; background 0 -> first bg code)."""
+        """Map class indices back to the dataset's primary codes (int16; background 0 -> first bg code)."""
         lut = np.array([self.background_codes[0], *self.codes.values()], dtype=np.int64)
         return lut[np.asarray(classes, dtype=np.int64)].astype(np.int16)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"codes": dict(self.codes), "background_codes": list(self.background_codes)}
+        """JSON form: a structure's value is its code, or ``[primary, *extra]`` when it folds several."""
+        codes = {name: c[0] if len(c) == 1 else list(c) for name, c in self.structure_codes.items()}
+        return {"codes": codes, "background_codes": list(self.background_codes)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LabelMap:
-        return cls(codes={str(k): int(v) for k, v in d["codes"].items()},
-                   background_codes=tuple(int(c) for c in d.get("background_codes", [0])))
+        """Read :meth:`to_dict`'s form (plain int codes, as older files hold, or lists of ints).
+
+        Raises:
+            ValueError / TypeError: malformed codes (callers report them with the file's name).
+        """
+        if not isinstance(d.get("codes"), dict):
+            raise TypeError("'labels.codes' must map structure names to codes")
+        background = d.get("background_codes", [0])
+        if not isinstance(background, list):
+            raise TypeError("'labels.background_codes' must be a list of codes")
+        structures = {str(k): [_code(c) for c in v] if isinstance(v, list) else _code(v)
+                      for k, v in d["codes"].items()}
+        return cls.from_structures(structures, [_code(c) for c in background])
+
+
+def _code(value: Any) -> int:
+    """A label code read from JSON: an integer (or an integer written as a string or float, as older
+    files may hold)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"label code must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"label code must be an integer, got {value!r}") from None
+    if not number.is_integer():
+        raise ValueError(f"label code must be an integer, got {value!r}")
+    return int(number)
 
 
 @dataclass
