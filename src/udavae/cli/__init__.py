@@ -13,7 +13,33 @@ import sys
 
 from udavae.errors import UserError
 
-_COMMAND_MODULES = ("data_cmd", "model_cmd", "train_cmd", "eval_cmd", "demo_cmd")
+_COMMAND_MODULES = ("data_cmd", "model_cmd", "config_cmd", "train_cmd", "eval_cmd", "demo_cmd")
+
+
+def version_text() -> str:
+    """``udavae X (torch Y, Python Z)``, for ``udavae --version`` and bug reports.
+
+    torch's version is read from its package metadata, so ``--version`` answers without importing torch.
+    """
+    import platform
+    from importlib import metadata
+
+    import udavae
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:  # e.g. a source build without metadata
+        import torch
+
+        torch_version = torch.__version__
+    return f"udavae {udavae.__version__} (torch {torch_version}, Python {platform.python_version()})"
+
+
+def presets_epilog() -> str:
+    """The ``presets:`` block of ``--help`` texts: every preset name with what it trains."""
+    from udavae.methods.presets import PRESET_HELP
+
+    return "presets:\n" + "\n".join(f"  {k:<14} {v}" for k, v in PRESET_HELP.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="udavae",
         description="Unsupervised domain adaptation for cardiac segmentation (UDA-VAE++ and baselines).",
     )
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the udavae, torch and Python versions and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from udavae.cli import presets_epilog
 from udavae.config import parse_overrides
 from udavae.methods.presets import PRESETS, PROFILES, build_config
 
@@ -18,12 +19,18 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     info = sub.add_parser(
         "info", help="parameter counts and FLOPs of a preset",
-        description="Print the parameter count of the segmentation network and of everything trained, "
-                    "the FLOPs of one training step (forward + backward, BATCH source + BATCH target "
-                    "crops) and of one inference slice. Counted on the meta device: instant, no data.",
+        description="Print the parameter count of the segmentation network and of everything trained,\n"
+                    "the FLOPs of one training step (forward + backward, BATCH source + BATCH target crops)\n"
+                    "and of one inference slice. Counted on the meta device: instant, no data.\n"
+                    "The ablation presets (abl-*) are the rows of the deck's ablation table (bSSFP -> LGE):\n"
+                    "CN = concat wiring, Att = spatial-gate mean head, Global / Local / Prior = SMIE terms.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=presets_epilog(),
     )
-    info.add_argument("--preset", default="udavae++", choices=list(PRESETS), help="method preset")
-    info.add_argument("--profile", default="paper", choices=list(PROFILES), help="compute profile")
+    info.add_argument("--preset", default="udavae++", choices=list(PRESETS), metavar="PRESET",
+                      help="method preset, one of the list below (default udavae++)")
+    info.add_argument("--profile", default="paper", choices=list(PROFILES),
+                      help="compute profile (default paper)")
     info.add_argument("--crop", type=int, default=None, help="training crop side (default: the profile's)")
     info.add_argument("--batch", type=int, default=None, help="per-domain batch (default: the profile's)")
     info.add_argument("--classes", type=int, default=4, help="segmentation classes incl. background")

@@ -65,15 +65,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESET_HELP: dict[str, str] = {
     "udavae++": "UDA-VAE++ headline row: concat wiring, conv mean head, global+local+prior SMIE",
     "uda-vae": "UDA-VAE baseline (VarDA code): skip wiring, spatial-gate mean head, no SMIE",
-    "noadapt": "same segmenter trained on source labels only",
-    "cfdnet": "CFDNet: characteristic-function distance on the full-scale latent",
-    "abl-base": "ablation row Base",
-    "abl-cn": "ablation row Base+CN",
-    "abl-cn-att": "ablation row Base+CN+Att",
-    "abl-cn-att-g": "ablation row Base+CN+Att+Global",
-    "abl-cn-att-gl": "ablation row Base+CN+Att+Global+Local",
-    "abl-cn-glp": "ablation row Base+CN+Global+Local+Prior (= udavae++)",
-    "abl-full": "ablation row with every component",
+    "noadapt": "same segmenter trained on source labels only (no target images, no adaptation)",
+    "cfdnet": "CFDNet: characteristic-function distance on the full-scale latent, skip wiring, gate head",
+    "abl-base": "ablation Base: skip wiring, conv mean head, no SMIE",
+    "abl-cn": "ablation Base+CN: concat wiring (CN), conv mean head, no SMIE",
+    "abl-cn-att": "ablation Base+CN+Att: concat wiring, spatial-gate mean head (Att), no SMIE",
+    "abl-cn-att-g": "ablation Base+CN+Att+Global: concat wiring, gate head, global SMIE",
+    "abl-cn-att-gl": "ablation Base+CN+Att+Global+Local: concat wiring, gate head, global+local SMIE",
+    "abl-cn-glp": "ablation Base+CN+Global+Local+Prior: concat wiring, conv head, global+local+prior SMIE "
+                  "(= udavae++)",
+    "abl-full": "ablation, every component: concat wiring, gate head, global+local+prior SMIE",
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -87,7 +88,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "optim.iters_per_epoch": 130,
         "optim.lr": 1e-4,
     },
-    # A budget that trains on 2 CPU cores in about an hour (see benchmarks/).
+    # A budget that trains UDA-VAE++ on 2 CPU cores in <= 40 minutes: measured 39 min in fp32 and 28 min with
+    # --amp bf16 on an idle 2-core AMD EPYC VM (README, benchmarks/mscmrseg_cpu.py).
     # Slices zoomed by 2/3 in pixels (192 -> 128; 2.25x fewer pixels), 96x96 training crops (the paper's
     # 160-of-192 at 2/3); evaluation still at the native grid. A pixel zoom rather than a common spacing:
     # the Patch192 C0 headers (1.25 mm) do not describe their pixels, and resampling by them made the C0
