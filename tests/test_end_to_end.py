@@ -48,6 +48,7 @@ def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] == 1
     r = _udavae("train", "--dataset", str(dataset), "--out", str(killed), "--resume", *TRAIN_ARGS)
     assert r.returncode == 0, r.stderr
+    assert f"resuming {killed} after epoch 1 of 2; best validation Dice" in r.stdout + r.stderr
     return {"straight": straight, "killed": killed, "dataset": dataset}
 
 

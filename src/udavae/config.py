@@ -17,6 +17,8 @@ MEAN_HEADS = ("gate", "conv")
 METHOD_KINDS = ("noadapt", "vae", "cfd")
 PRIORS = ("uniform", "normal")
 TARGET_POOLS = ("transductive", "inductive")
+AMP_MODES = ("none", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -110,7 +112,8 @@ class DataConfig:
             ``inductive`` (target cases outside the test split only).
         val_split / test_split: names of the target splits used for selection and for reporting.
         augment: random flips / rot90 / intensity gamma on training crops.
-        num_workers: DataLoader worker processes (0 = in the main process).
+        num_workers: DataLoader worker processes (0 = in the main process; -1 = automatic: 4 on CUDA,
+            0 on the CPU). The batches do not depend on it.
         resample_mm: if > 0, resample every domain in-plane to this isotropic spacing (mm) instead of the
             dataset's own preprocessing; matches anatomical scale across domains and sets the cost.
         zoom: if > 0 (and ``resample_mm`` is 0), scale slices in-plane by this pixel factor instead.
@@ -127,7 +130,7 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     augment: bool = False
-    num_workers: int = 0
+    num_workers: int = -1
     resample_mm: float = 0.0
     zoom: float = 0.0
     size: int = 0
@@ -152,9 +155,18 @@ class RuntimeConfig:
     Attributes:
         device: ``cpu``, ``cuda`` or ``cuda:N``; ``auto`` picks CUDA when available.
         seed: seed of every random stream (data sampling, init, dropout, latent noise).
-        amp: mixed precision: ``none``, ``bf16`` (CPUs with AVX512-BF16, and GPUs) or ``fp16`` (CUDA).
+        amp: mixed precision of training: ``none`` (float32) or ``bf16`` (CPUs with AVX512-BF16 / AMX, and
+            GPUs); ``fp16`` is refused for training (see :meth:`Config.validate`).
         channels_last: NHWC memory format for convolutions.
         compile: wrap the training module in ``torch.compile``.
+        compile_mode: ``torch.compile`` mode: ``default``, ``reduce-overhead`` (CUDA graphs on CUDA: one
+            launch for the whole step's kernels), ``max-autotune`` or ``max-autotune-no-cudagraphs``.
+        cudnn_benchmark: let cuDNN time its convolution algorithms once per shape and keep the fastest
+            (CUDA only; the crops have one fixed shape). Algorithms differ in rounding, not in maths.
+        fused_adam: use PyTorch's fused single-kernel Adam (CUDA only; the same update, rounded in
+            another order); on the CPU the default multi-tensor Adam is kept, so CPU runs are unchanged.
+        val_batch: slices per forward pass in validation; 0 = automatic (64 on CUDA, the training batch
+            on the CPU). Changes speed only.
         val_every: validate every N epochs (the last epoch is always validated).
         log_every: steps between progress-bar / log updates (the only host syncs in the loop).
     """
@@ -164,6 +176,10 @@ class RuntimeConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"
+    cudnn_benchmark: bool = True
+    fused_adam: bool = True
+    val_batch: int = 0
     val_every: int = 1
     log_every: int = 10
 
@@ -199,7 +215,17 @@ class Config:
         _choice("method.kind", me.kind, METHOD_KINDS)
         _choice("method.prior", me.prior, PRIORS)
         _choice("data.target_pool", da.target_pool, TARGET_POOLS)
-        _choice("runtime.amp", self.runtime.amp, ("none", "bf16", "fp16"))
+        _choice("runtime.amp", self.runtime.amp, AMP_MODES)
+        if self.runtime.amp == "fp16":
+            raise ValueError(
+                "runtime.amp=fp16 is not supported for training: float16's range (max 65504) needs loss "
+                "scaling, which udavae does not implement for its multi-optimiser objective. Use bf16 (float32's "
+                "range, the same tensor-core speed on A100/H100-class GPUs and on CPUs with AVX512-BF16/AMX) or "
+                "none. fp16 remains available for inference (evaluate/predict --amp fp16 on CUDA)."
+            )
+        _choice("runtime.compile_mode", self.runtime.compile_mode, COMPILE_MODES)
+        if self.runtime.val_batch < 0:
+            raise ValueError(f"runtime.val_batch must be >= 0 (0 = automatic), got {self.runtime.val_batch}")
         if m.depth < 3:
             raise ValueError(f"model.depth must be >= 3 (three latent scales), got {m.depth}")
         if m.base_width < 1 or m.recon_width < 4:
@@ -217,6 +243,8 @@ class Config:
             raise ValueError(f"data.zoom must be >= 0, got {da.zoom}")
         if da.resample_mm < 0:
             raise ValueError(f"data.resample_mm must be >= 0, got {da.resample_mm}")
+        if da.num_workers < -1:
+            raise ValueError(f"data.num_workers must be >= 0, or -1 for automatic, got {da.num_workers}")
         if da.jitter < 0:
             raise ValueError(f"data.jitter must be >= 0, got {da.jitter}")
         for name in ("batch_size", "epochs", "iters_per_epoch"):
@@ -263,7 +291,7 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
             return True
         if s in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{key}: expected a boolean, got {value!r}")
+        raise ValueError(f"{key}: expected a boolean (true/false, yes/no, on/off, 1/0), got {value!r}")
     if isinstance(current, tuple):
         items = value.split(",") if isinstance(value, str) else list(value)
         if len(items) != len(current):
@@ -277,9 +305,23 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
             return int(f)
         if isinstance(current, float):
             return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}: expected a {type(current).__name__}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(float('inf'))
+        kind = "an integer" if isinstance(current, int) else "a number"
+        raise ValueError(f"{key}: expected {kind}, got {value!r}") from None
     return str(value)
+
+
+def _unknown_key(key: str) -> ValueError:
+    """The error for a key no dataclass has, with the nearest known keys as a hint."""
+    import difflib
+
+    close = difflib.get_close_matches(key, flatten(Config().to_dict()), n=3)
+    hint = ""
+    if len(close) == 1:
+        hint = f"; did you mean {close[0]!r}?"
+    elif close:
+        hint = f"; did you mean one of {', '.join(repr(k) for k in close)}?"
+    return ValueError(f"unknown config key {key!r}{hint} (`udavae config show` lists every key)")
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
@@ -289,11 +331,11 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         obj: Any = cfg
         for p in parts[:-1]:
             if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
-                raise ValueError(f"unknown config key {key!r}")
+                raise _unknown_key(key)
             obj = getattr(obj, p)
         leaf = parts[-1]
         if not dataclasses.is_dataclass(obj) or leaf not in {f.name for f in dataclasses.fields(obj)}:
-            raise ValueError(f"unknown config key {key!r}")
+            raise _unknown_key(key)
         setattr(obj, leaf, _coerce(key, getattr(obj, leaf), value))
     return cfg
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from udavae.config import Config, parse_overrides
+from udavae.config import COMPILE_MODES, Config, parse_overrides
 from udavae.methods.presets import PRESET_HELP, PROFILES, build_config
 
 #: ``train`` flags (argparse dest) and the config key each sets; ``udavae config show`` prints this map.
@@ -21,6 +21,7 @@ FLAG_KEYS: dict[str, str] = {
     "workers": "data.num_workers",
     "amp": "runtime.amp",
     "compile": "runtime.compile",
+    "compile_mode": "runtime.compile_mode",  # and runtime.compile=true
 }
 
 _DESCRIPTION = """\
@@ -53,12 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters-per-epoch", type=int, help="iterations per epoch (overrides the profile)")
     p.add_argument("--batch-size", type=int, help="slices per domain per step (per process under torchrun)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default: 4 on CUDA, 0 on the CPU)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"),
-                   help="mixed precision (default none = fp32): bf16 on CPUs with AVX512-BF16 / AMX and on "
-                   "GPUs, fp16 on CUDA; about 2x faster on such CPUs, changes rounding (see README)")
+                   help="mixed precision (default none = fp32): bf16 on GPUs and on CPUs with AVX512-BF16 / "
+                   "AMX (about 2x faster there), changes rounding (see README); fp16 is refused for training")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (minutes of "
                    "compilation first; pays off over long runs)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES,
+                   help="torch.compile mode, implies --compile (default: default); reduce-overhead also "
+                   "replays the step as CUDA graphs on a GPU (on the CPU it falls back to default)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (prints from which epoch)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -72,6 +76,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         value = getattr(args, flag)
         if value is not None and value is not False:  # unset optional flags keep the profile's value
             over[key] = value
+    if args.compile_mode:  # a mode implies compilation
+        over["runtime.compile"] = True
     over.update(parse_overrides(args.overrides))
     return build_config(args.preset, args.profile, over)
 

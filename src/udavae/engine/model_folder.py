@@ -7,6 +7,8 @@ Layout (everything ``evaluate`` / ``predict`` / ``report`` need, nothing else)::
     RUN/checkpoints/last.pt    full training state (model, optimisers, RNG, epoch, best score)
     RUN/checkpoints/best.pt    weights of the epoch with the best validation Dice
     RUN/log.jsonl, log.csv     one row per epoch (losses, lr, validation Dice, time)
+    RUN/postprocessing.json    per checkpoint: structures that keep only their largest component, decided on
+                               the validation cases at the end of training (or by ``udavae postprocess``)
 
 Every file is written atomically (temporary file + rename).
 """
@@ -25,10 +27,12 @@ from udavae.config import Config
 from udavae.data.preprocessing import Preprocessing
 from udavae.data.spec import LabelMap
 from udavae.errors import UserError
+from udavae.evaluation.postprocess import PostProcessing
 from udavae.fileio import atomic_path, read_json, write_json, write_text
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.json"
+POSTPROCESSING_FILE = "postprocessing.json"
 CHECKPOINTS = ("best", "last")
 
 
@@ -139,3 +143,27 @@ def load_trained(run: str | Path, checkpoint: str = "best", device: str | torch.
         raise UserError(f"{path} does not match the model in {run / CONFIG_FILE}: {exc}") from None
     method.to(device).eval()
     return cfg, info, method, state
+
+
+def save_postprocessing(run: Path, checkpoint: str, pp: PostProcessing) -> None:
+    """Record the post-processing decided for ``checkpoint`` in ``RUN/postprocessing.json`` (atomically)."""
+    checkpoint_path(run, checkpoint)  # validates the name
+    path = run / POSTPROCESSING_FILE
+    decisions = read_json(path, what="post-processing file") if path.is_file() else {}
+    decisions[checkpoint] = pp.to_dict()
+    write_json(path, decisions)
+
+
+def load_postprocessing(run: str | Path, checkpoint: str) -> PostProcessing | None:
+    """The post-processing decided for ``checkpoint``, or None if none was decided (older model folders)."""
+    path = Path(run) / POSTPROCESSING_FILE
+    if not path.is_file():
+        return None
+    decisions = read_json(path, what="post-processing file")
+    entry = decisions.get(checkpoint) if isinstance(decisions, dict) else None
+    if entry is None:
+        return None
+    try:
+        return PostProcessing.from_dict(entry)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path} is corrupt: {exc}") from None

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from udavae.config import RuntimeConfig
 from udavae.errors import UserError
 
 MALLOC_ENV = {
@@ -66,6 +67,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def slow_amp_warning(device: torch.device, amp: str) -> str | None:
+    """A warning when ``amp`` would be emulated, i.e. far slower than float32, on this device; else None.
+
+    bf16 convolutions are fast only on CPUs with AVX512-BF16 or AMX; elsewhere oneDNN emulates them (measured
+    12x slower than fp32 for a udavae++ step on a 2-core AMD EPYC without AVX-512).
+    """
+    if device.type == "cpu" and amp == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return ("warning: runtime.amp=bf16 on a CPU without native bf16 (AVX512-BF16 / AMX): bf16 is emulated "
+                "here and about 12x slower than float32; use --amp none")
+    return None
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """Autocast context for ``amp`` in {none, bf16, fp16}; fp16 only on CUDA."""
     if amp == "none":
@@ -74,6 +87,60 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
         raise UserError("runtime.amp=fp16 needs a CUDA device; use bf16 on CPU")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+#: ``torch.compile`` modes that capture CUDA graphs (on CUDA devices only).
+_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def configure_backends(device: torch.device, runtime: RuntimeConfig) -> None:
+    """Per-process backend switches that change speed, not maths (cuDNN autotuning on CUDA)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
+
+
+def effective_compile_mode(runtime: RuntimeConfig, device: torch.device) -> str:
+    """The ``torch.compile`` mode to use on ``device``: CUDA-graph modes fall back off CUDA.
+
+    ``reduce-overhead`` and ``max-autotune`` capture CUDA graphs, which exist only on CUDA; on the CPU
+    they fall back to ``default`` and ``max-autotune-no-cudagraphs`` (the same generated kernels).
+    """
+    mode = runtime.compile_mode
+    if device.type != "cuda" and mode in _CUDAGRAPH_MODES:
+        return "default" if mode == "reduce-overhead" else "max-autotune-no-cudagraphs"
+    return mode
+
+
+def uses_cudagraphs(runtime: RuntimeConfig, device: torch.device) -> bool:
+    """Whether the compiled training step replays CUDA graphs (then each step must be marked)."""
+    return runtime.compile and device.type == "cuda" and runtime.compile_mode in _CUDAGRAPH_MODES
+
+
+def compile_module(module: torch.nn.Module, runtime: RuntimeConfig, device: torch.device) -> torch.nn.Module:
+    """``torch.compile(module)`` in the run's mode (see :func:`effective_compile_mode`), or ``module``."""
+    if not runtime.compile:
+        return module
+    return torch.compile(module, mode=effective_compile_mode(runtime, device))  # type: ignore[return-value]
+
+
+def validation_batch(runtime: RuntimeConfig, train_batch: int, device: torch.device) -> int:
+    """Slices per validation forward pass: ``runtime.val_batch``, or 64 on CUDA / the training batch on CPU."""
+    if runtime.val_batch > 0:
+        return runtime.val_batch
+    return 64 if device.type == "cuda" else max(4, train_batch)
+
+
+def loader_workers(requested: int, device: torch.device) -> int:
+    """DataLoader workers: ``requested`` if >= 0; automatic (-1): 4 on CUDA (up to half the cores), else 0.
+
+    On a GPU the crops and pyramids are built in workers so the host thread only launches kernels; on the
+    CPU the cores are better spent on the step itself. The batches are identical either way.
+    """
+    if requested >= 0:
+        return requested
+    if device.type != "cuda":
+        return 0
+    return max(0, min(4, (os.cpu_count() or 2) // 2))
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,9 +33,15 @@ from udavae.engine.inference import Predictor
 from udavae.engine.runtime import (
     autocast,
     barrier,
+    compile_module,
+    configure_backends,
     init_distributed,
+    loader_workers,
     seed_everything,
     shutdown_distributed,
+    slow_amp_warning,
+    uses_cudagraphs,
+    validation_batch,
 )
 from udavae.errors import DataError, UserError
 from udavae.evaluation.evaluate import validation_dice
@@ -43,13 +50,17 @@ from udavae.methods import build_method, make_optimizers
 
 
 def optimisation_step(model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer], source: dict,
-                      target: dict | None, device: torch.device, amp: str) -> dict[str, torch.Tensor]:
+                      target: dict | None, device: torch.device, amp: str,
+                      cudagraphs: bool = False) -> dict[str, torch.Tensor]:
     """One training step: the loss terms under autocast, backward of ``total``, every optimiser steps.
 
     All gradients are computed before any optimiser steps, so the order of the steps does not matter; the
     critics' step comes first as in the reference. Returns the (not detached) loss terms. The benchmarks
-    time this same function.
+    time this same function. ``cudagraphs``: the model is compiled with CUDA graphs; each step is marked
+    as a new replay, so the previous step's outputs may be overwritten (read them before the next step).
     """
+    if cudagraphs:
+        torch.compiler.cudagraph_mark_step_begin()
     with autocast(device, amp):
         losses = model(source, target)
     for opt in optimizers.values():
@@ -58,6 +69,18 @@ def optimisation_step(model: torch.nn.Module, optimizers: dict[str, torch.optim.
     for name in sorted(optimizers, key=lambda k: k != "critic"):
         optimizers[name].step()
     return losses
+
+
+def batch_to_device(batch: dict[str, list[torch.Tensor]], device: torch.device,
+                    channels_last: bool = False) -> dict[str, list[torch.Tensor]]:
+    """Move a multi-scale batch to ``device`` without a host sync (pinned memory makes it asynchronous)."""
+    out = {}
+    for k, ts in batch.items():
+        moved = [t.to(device, non_blocking=True) for t in ts]
+        if channels_last and k == "image":
+            moved = [t.contiguous(memory_format=torch.channels_last) for t in moved]
+        out[k] = moved
+    return out
 
 
 class TrainingDiverged(UserError):
@@ -143,6 +166,10 @@ class Trainer:
         cfg.validate()
         self.cfg, self.run, self.resume = cfg, Path(run), resume
         self.dist, self.device = init_distributed(cfg.runtime.device)
+        configure_backends(self.device, cfg.runtime)
+        warning = slow_amp_warning(self.device, cfg.runtime.amp)
+        if warning and self.dist.is_main:
+            tqdm.write(warning, file=sys.stderr)
         last = mf.checkpoint_path(self.run, "last")
         if resume and not last.is_file():
             raise UserError(f"--resume: no checkpoint to resume from at {last}")
@@ -160,12 +187,12 @@ class Trainer:
         self.method = build_method(cfg, self.num_classes).to(self.device)
         if cfg.runtime.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
-        self.optimizers = make_optimizers(self.method, cfg.optim)
+        self.optimizers = make_optimizers(self.method, cfg.optim, fused=cfg.runtime.fused_adam)
         self.model: torch.nn.Module = self.method
         if self.dist.enabled:
             self.model = DDP(self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.runtime.compile:
-            self.model = torch.compile(self.model)
+        self.model = compile_module(self.model, cfg.runtime, self.device)
+        self.cudagraphs = uses_cudagraphs(cfg.runtime, self.device)
         self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
         self.history: list[dict[str, Any]] = []
         # Stream of dropout / latent noise: distinct per rank; restored exactly on resume.
@@ -175,7 +202,8 @@ class Trainer:
             if self.dist.rank > 0:  # only rank 0's RNG state is saved
                 torch.manual_seed(cfg.runtime.seed * 1000 + self.dist.rank + 7919 * self.epoch)
         self.predictor = Predictor(self.method.net, self.info.preprocessing, self.device,
-                                   batch_size=max(4, cfg.optim.batch_size), amp=cfg.runtime.amp,
+                                   batch_size=validation_batch(cfg.runtime, cfg.optim.batch_size, self.device),
+                                   amp=cfg.runtime.amp,
                                    channels_last=cfg.runtime.channels_last)
 
     # ------------------------------------------------------------------ state
@@ -205,6 +233,10 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.dist.is_main:
+            best = (f"; best validation Dice {100 * self.best_score:.2f} at epoch {self.best_epoch}"
+                    if self.best_epoch >= 0 else "")
+            tqdm.write(f"resuming {self.run} after epoch {self.epoch} of {self.cfg.optim.epochs}{best}")
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
@@ -225,10 +257,28 @@ class Trainer:
                     self._end_epoch(row)
                 barrier(self.dist)
             self._check_replicas()
+            if is_main:
+                self._decide_postprocessing()
         finally:
             shutdown_distributed(self.dist)
         return {"best_epoch": self.best_epoch, "best_val_dice": self.best_score,
                 "epochs": self.epoch, "wall_time_s": time.time() - start_time}
+
+    def _decide_postprocessing(self) -> None:
+        """Decide and store the post-processing of both checkpoints on the validation cases (nothing else)."""
+        from udavae.engine.postprocessing import decide_and_save
+
+        names, where = self.info.labels.class_names, f"{self.cfg.data.target}/{self.cfg.data.val_split}"
+        last_weights = {k: v.clone() for k, v in self.method.state_dict().items()}
+        lines = [decide_and_save(self.run, "last", self.predictor, self.data.val_cases, names, where).describe()]
+        best = mf.checkpoint_path(self.run, "best")
+        if best.is_file():
+            self.method.load_state_dict(mf.load_checkpoint(best, map_location=self.device)["method"])
+            lines.insert(0, decide_and_save(self.run, "best", self.predictor, self.data.val_cases, names,
+                                            where).describe())
+            self.method.load_state_dict(last_weights)
+        for line in lines:
+            tqdm.write(line)
 
     def _check_replicas(self) -> None:
         """Under DDP, verify every rank ends with the same weights (a cheap checksum comparison)."""
@@ -251,26 +301,16 @@ class Trainer:
                 g["lr"] = lr
         return lr
 
-    def _to_device(self, batch: dict[str, list[torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
-        cl = self.cfg.runtime.channels_last
-        out = {}
-        for k, ts in batch.items():
-            moved = [t.to(self.device, non_blocking=True) for t in ts]
-            if cl and k == "image":
-                moved = [t.contiguous(memory_format=torch.channels_last) for t in moved]
-            out[k] = moved
-        return out
-
     def _train_epoch(self) -> dict[str, float]:
         cfg, d = self.cfg, self.cfg.data
         lr = self._set_lr()
         iters, bs = cfg.optim.iters_per_epoch, cfg.optim.batch_size
         start = self.epoch * iters
         rank, world = self.dist.rank, self.dist.world_size
-        src_it = make_loader(self.data.source, bs, start, d.num_workers, rank, world, self.device.type == "cuda")
+        workers, pin = loader_workers(d.num_workers, self.device), self.device.type == "cuda"
+        src_it = make_loader(self.data.source, bs, start, workers, rank, world, pin)
         needs_target = self.method.needs_target
-        tgt_it = make_loader(self.data.target, bs, start, d.num_workers, rank, world,
-                             self.device.type == "cuda") if needs_target else None
+        tgt_it = make_loader(self.data.target, bs, start, workers, rank, world, pin) if needs_target else None
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -281,12 +321,14 @@ class Trainer:
         for it in bar:
             if fault and start + it >= fault:
                 os._exit(137)
-            src = self._to_device(next(src_it))
-            tgt = self._to_device(next(tgt_it)) if tgt_it is not None else None
-            losses = optimisation_step(self.model, self.optimizers, src, tgt, self.device, cfg.runtime.amp)
-            for k, v in losses.items():
+            cl = cfg.runtime.channels_last
+            src = batch_to_device(next(src_it), self.device, cl)
+            tgt = batch_to_device(next(tgt_it), self.device, cl) if tgt_it is not None else None
+            losses = optimisation_step(self.model, self.optimizers, src, tgt, self.device, cfg.runtime.amp,
+                                       self.cudagraphs)
+            for k, v in losses.items():  # new tensors: a CUDA-graph replay may overwrite ``losses``
                 v = v.detach().float()
-                sums[k] = sums[k] + v if k in sums else v
+                sums[k] = sums[k] + v if k in sums else v.clone()
             finite &= torch.isfinite(losses["total"].detach())
             if (it + 1) % cfg.runtime.log_every == 0 or it + 1 == iters:
                 self._check_finite(finite, start + it)
@@ -364,4 +406,5 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
     return Trainer(cfg, run, resume).fit()
 
 
-__all__ = ["Trainer", "TrainingDiverged", "prepare_data", "run_preprocessing", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "batch_to_device", "optimisation_step", "prepare_data",
+           "run_preprocessing", "train"]

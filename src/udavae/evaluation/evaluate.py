@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from udavae.data.volumes import LoadedCase
 from udavae.engine.inference import Predictor
 from udavae.evaluation.metrics import METRIC_NAMES, multiclass_metrics, summarize
+from udavae.evaluation.postprocess import PostProcessing, decide_postprocessing
 from udavae.fileio import atomic_write, write_json
 
 
@@ -33,25 +34,47 @@ def dice_per_class(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.nda
 
 def validation_dice(predictor: Predictor, cases: Iterable[LoadedCase], num_classes: int) -> np.ndarray:
     """Per-case, per-structure Dice (cases x K-1) at the native resolution."""
-    rows = []
-    for case in cases:
-        pred = predictor.predict(case.image, case.geometry).classes
-        rows.append(dice_per_class(pred, case.native_label, num_classes))  # type: ignore[arg-type]
-    return np.array(rows)
+    cases = list(cases)
+    preds = predict_classes(predictor, cases)
+    return np.array([dice_per_class(p, c.native_label, num_classes) for p, c in zip(preds, cases)])  # type: ignore[arg-type]
+
+
+def predict_classes(predictor: Predictor, cases: Iterable[LoadedCase]) -> list[np.ndarray]:
+    """Predicted class maps (native grid) of ``cases``."""
+    return [predictor.predict(case.image, case.geometry).classes for case in cases]
+
+
+def decide_for_cases(predictor: Predictor, cases: list[LoadedCase], class_names: dict[int, str],
+                     decided_on: str) -> PostProcessing:
+    """Decide the post-processing on labelled (validation) cases; see :mod:`udavae.evaluation.postprocess`."""
+    labels = [case.native_label for case in cases]
+    if any(lbl is None for lbl in labels):
+        raise ValueError("post-processing is decided on labelled cases only")
+    return decide_postprocessing(predict_classes(predictor, cases), labels, class_names, decided_on)  # type: ignore[arg-type]
 
 
 def evaluate_cases(predictor: Predictor, cases: list[LoadedCase], class_names: dict[int, str],
-                   on_prediction: Any = None) -> list[dict[str, Any]]:
-    """All metrics per case and structure; ``on_prediction(case, prediction)`` is called if given."""
+                   on_prediction: Any = None,
+                   postprocessing: PostProcessing | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """All metrics per case and structure, of the raw and of the post-processed predictions.
+
+    Returns ``(rows, raw_rows)``: ``rows`` for the predictions as ``predict`` writes them (post-processed if
+    ``postprocessing`` filters anything), ``raw_rows`` for the network's own output (the same list when
+    nothing is filtered). ``on_prediction(case, classes)`` gets the final class map if given.
+    """
     rows: list[dict[str, Any]] = []
+    raw_rows: list[dict[str, Any]] = []
+    active = postprocessing is not None and bool(postprocessing.largest_component)
     for case in tqdm(cases, desc="evaluating", unit="case", leave=False, disable=None):
-        pred = predictor.predict(case.image, case.geometry)
+        raw = predictor.predict(case.image, case.geometry).classes
+        final = postprocessing.apply(raw, class_names) if active else raw  # type: ignore[union-attr]
         if on_prediction is not None:
-            on_prediction(case, pred)
-        metrics = multiclass_metrics(pred.classes, case.native_label, case.spacing, class_names)
-        for structure, vals in metrics.items():
-            rows.append({"case": case.id, "structure": structure, **vals})
-    return rows
+            on_prediction(case, final)
+        for target, classes in ((rows, final), (raw_rows, raw)) if active else ((rows, final),):
+            metrics = multiclass_metrics(classes, case.native_label, case.spacing, class_names)
+            for structure, vals in metrics.items():
+                target.append({"case": case.id, "structure": structure, **vals})
+    return rows, (raw_rows if active else rows)
 
 
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -109,13 +109,23 @@ class UDAMethod(nn.Module):
         return terms
 
 
-def make_optimizers(method: UDAMethod, optim_cfg: OptimConfig) -> dict[str, torch.optim.Optimizer]:
+def make_optimizers(method: UDAMethod, optim_cfg: OptimConfig,
+                    fused: bool = False) -> dict[str, torch.optim.Optimizer]:
     """Adam over the main parameters (``"main"``) and, if the method has critics, over them (``"critic"``).
 
     Weight decay is Adam's coupled L2 (``weight_decay``), as the reference; both use ``optim_cfg.lr``.
+
+    Args:
+        method: the method whose parameters are optimised (already on its device).
+        optim_cfg: learning rate and weight decay.
+        fused: use the fused single-kernel Adam when the parameters are on a CUDA device (the same update,
+            rounded in another order); ignored elsewhere, so CPU runs keep the default implementation.
     """
-    kwargs = {"lr": optim_cfg.lr, "weight_decay": optim_cfg.weight_decay}
-    opts: dict[str, torch.optim.Optimizer] = {"main": torch.optim.Adam(list(method.main_parameters()), **kwargs)}
+    main = list(method.main_parameters())
+    kwargs: dict = {"lr": optim_cfg.lr, "weight_decay": optim_cfg.weight_decay}
+    if fused and main and main[0].device.type == "cuda":
+        kwargs["fused"] = True
+    opts: dict[str, torch.optim.Optimizer] = {"main": torch.optim.Adam(main, **kwargs)}
     critic = list(method.critic_parameters())
     if critic:
         opts["critic"] = torch.optim.Adam(critic, **kwargs)

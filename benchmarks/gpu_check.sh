@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Everything issue 'GPU: bf16 that trains, the paper run in minutes' measures, in one go on a lent GPU machine
+# (about 10 minutes on an H200). Expects ../shared/device copied to .gpu/ (git-ignored):
+#   .gpu/mscmrseg_p192_12bit.tar.xz  .gpu/nibabel-*.whl  .gpu/reference/
+# Writes everything under ${OUT:-gpu_out}/ (the bench JSON also to benchmarks/results/gpu_<gpu>.json).
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT" /tmp/site
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/nibabel-*.whl && export PYTHONPATH=/tmp/site:$PWD/src
+python3 -c "import torch, udavae; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
+# 1. the CUDA tests (bf16 steps of every variational preset, CUDA-graph step)
+python3 -m pytest -q tests/test_runtime.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+# 2. speed: peaks, each lever on and off, the authors' step beside it
+python3 benchmarks/bench_gpu.py --steps ${STEPS:-20} --warmup 5 --reference .gpu/reference/ref_step.py \
+    --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench.log"
+# 3. the paper run of udavae++ in bf16 (30 epochs, per-epoch validation), evaluated on the test patients
+[ -d .gpu/Patch192 ] || tar xJf .gpu/mscmrseg_p192_12bit.tar.xz -C .gpu
+udavae() { python3 -m udavae "$@"; }
+export -f udavae
+AMP=${AMP:-bf16} COMPILE=${COMPILE:-} bash benchmarks/gpu_paper.sh .gpu/Patch192 "$OUT/runs" udavae++ 2>&1 \
+    | grep -v '^\s*$' | tee "$OUT/paper.log"
+cp "$OUT/runs/udavae++/log.csv" "$OUT/paper_log.csv" 2>/dev/null
+cp "$OUT/runs/udavae++/eval/LGE_test_best/summary.json" "$OUT/paper_test_summary.json" 2>/dev/null
