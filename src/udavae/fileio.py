@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +17,35 @@ from typing import Any
 from udavae.errors import UserError
 
 
+def _create_temp_beside(path: Path) -> Path:
+    """Create a new empty file with a random name beside ``path`` (same suffixes) and return its path.
+
+    Unlike ``tempfile.mkstemp`` (always mode 0600), the file is created with mode 0666 and the kernel applies
+    the process umask (and a default ACL of the folder), so the renamed result gets the same permissions as a
+    file written with a plain ``open()``. ``O_EXCL`` keeps the creation race-free.
+    """
+    prefix = f".{path.name.split('.')[0]}-"
+    suffix = "".join(path.suffixes) or ".tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffixes); rename it onto ``path`` on success.
 
     The temporary file keeps the full suffix (``.nii.gz``) so writers that pick a format from the
-    file name behave as for the final name. On error the temporary file is removed and ``path`` is
-    left as it was.
+    file name behave as for the final name, and gets the mode ``open()`` would give (0666 less the
+    umask), so the result is not private to the owner unless the umask says so. On error the temporary
+    file is removed and ``path`` is left as it was.
     """
     path = Path(path)
     parent = path.parent
@@ -31,10 +53,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise UserError(f"output folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise UserError(f"output folder {parent} is not writable")
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp_beside(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +15,26 @@ from udavae.errors import DataError, UserError
 
 def _model_args(p: argparse.ArgumentParser, batch: bool = True) -> None:
     """Arguments every command that loads a model folder takes."""
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"),
+                   help="which saved weights to use: 'best' = the epoch with the best validation Dice (default), "
+                   "'last' = the final epoch")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     if batch:
         p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
         p.add_argument("--amp", choices=("none", "bf16", "fp16"),
                        help="mixed precision for inference (default: the model's training setting)")
+        p.add_argument("--no-postprocess", action="store_true",
+                       help="use the network's raw masks; by default the post-processing decided on the "
+                       "validation cases (RUN/postprocessing.json, see 'udavae postprocess') is applied")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="per-patient, per-structure metrics of a model on a split",
                        description="Dice, IoU, ASSD, HD95 and HD (mm) per case and structure on the 3-D "
-                       "volumes at their native resolution. Writes metrics.csv and summary.json.")
+                       "volumes at their native resolution. Writes metrics.csv and summary.json for the masks "
+                       "as 'predict' writes them (post-processed when the model folder holds a decision) and, "
+                       "when post-processing changes anything, metrics_raw.csv for the network's raw masks; "
+                       "summary.json has both.")
     e.add_argument("run", help="model folder written by 'udavae train'")
     e.add_argument("--split", default="test", help="split of the evaluated domain (default test)")
     e.add_argument("--domain", help="domain to evaluate (default: the model's target domain)")
@@ -37,18 +47,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment new scans (NIfTI in, NIfTI masks out)",
                        description="Masks keep the input's shape, spacing, origin and direction and use the "
                        "dataset's own label codes. --samples K > 1 also writes an uncertainty map "
-                       "(normalised entropy of the mean softmax over K latent samples).")
+                       "(normalised entropy of the mean softmax over K latent samples); with --samples 1 an "
+                       "older <name>_uncertainty.nii.gz beside a rewritten mask is removed. Every input is "
+                       "read and checked first: if one is unreadable, not 3-D or has NaN/Inf values nothing "
+                       "is written (unless --skip-bad), and an output folder or file that would overwrite "
+                       "an input is refused.")
     p.add_argument("run", help="model folder written by 'udavae train'")
     p.add_argument("input", help="a NIfTI file or a folder of them")
     p.add_argument("output", help="output folder")
     p.add_argument("--samples", type=int, default=1, help="latent samples for uncertainty (default 1)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="segment the good inputs even if some are bad; the skipped files are listed on stderr "
+                   "and the exit status is 1 (default: write nothing if any input is bad, exit status 2)")
     _model_args(p)
     p.set_defaults(func=run_predict, tune_malloc=True)
 
-    r = sub.add_parser("report", help="figures: overlays, reconstructions, training curves (PNG)")
+    q = sub.add_parser("postprocess", help="decide the mask post-processing of a model on its validation cases",
+                       description="For each structure, decide on the target validation split (never the test "
+                       "split) whether keeping only its largest 3-D connected component raises the mean Dice "
+                       "(kept when it is not lower), and store the decision in RUN/postprocessing.json, where "
+                       "'predict' and 'evaluate' apply it. Training does this itself when it ends; run it for "
+                       "model folders trained before, or to decide again.")
+    q.add_argument("run", help="model folder written by 'udavae train'")
+    q.add_argument("--checkpoint", choices=("best", "last", "both"), default="both",
+                   help="which checkpoint(s) to decide for (default both)")
+    q.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
+    q.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    q.set_defaults(func=run_postprocess, tune_malloc=True)
+
+    r = sub.add_parser("report", help="figures: overlays, reconstructions, training curves (PNG)",
+                       description="Writes PNG figures into the output folder: overlays.png (image, reference "
+                       "label and prediction of the first --cases labelled target-domain cases of --split), "
+                       "reconstructions.png (source and target slices and their reconstructions; methods with "
+                       "a decoder only) and training_curves.png (losses and validation Dice per epoch, from "
+                       "RUN/log.jsonl). Existing files of the same names are replaced.")
     r.add_argument("run", help="model folder")
     r.add_argument("--out", help="output folder (default RUN/report)")
-    r.add_argument("--split", default="test")
+    r.add_argument("--split", default="test",
+                   help="split of the target domain whose cases the overlay figure shows (default test)")
     r.add_argument("--cases", type=int, default=4, help="number of target cases shown")
     _model_args(r, batch=False)
     r.set_defaults(func=run_report)
@@ -58,10 +94,13 @@ def _load(run: str | Path, checkpoint: str, device_name: str, batch_size: int, a
     """Load a model folder and a predictor for it (``amp`` None: the precision the model trained in)."""
     from udavae.engine.inference import Predictor
     from udavae.engine.model_folder import load_trained
-    from udavae.engine.runtime import resolve_device
+    from udavae.engine.runtime import resolve_device, slow_amp_warning
 
     device = resolve_device(device_name)
     cfg, info, method, state = load_trained(run, checkpoint, device)
+    warning = slow_amp_warning(device, amp or cfg.runtime.amp)
+    if warning:
+        print(f"{warning} (for inference: --amp none)", file=sys.stderr)
     predictor = Predictor(method.net, info.preprocessing, device, batch_size=batch_size,
                           amp=amp or cfg.runtime.amp)
     return cfg, info, method, state, predictor
@@ -70,12 +109,17 @@ def _load(run: str | Path, checkpoint: str, device_name: str, batch_size: int, a
 def evaluate_run(run: str | Path, split: str = "test", checkpoint: str = "best", domain: str | None = None,
                  dataset: str | None = None, out: str | Path | None = None, device: str = "auto",
                  batch_size: int = 16, save_masks: bool = False, verbose: bool = True,
-                 amp: str | None = None) -> tuple[dict, Path]:
-    """Evaluate a model folder on a split; write metrics.csv / summary.json; return (summary, folder)."""
+                 amp: str | None = None, postprocess: bool = True) -> tuple[dict, Path]:
+    """Evaluate a model folder on a split; write metrics.csv / summary.json; return (summary, folder).
+
+    With ``postprocess`` the decision stored for ``checkpoint`` (if any) is applied and the summary also holds
+    the raw masks' figures under ``"raw"``.
+    """
     from udavae.data.nifti import save_like
     from udavae.data.spec import DatasetSpec
     from udavae.data.volumes import load_cases
-    from udavae.evaluation.evaluate import evaluate_cases, format_table, summary_of, write_metrics_csv, write_summary
+    from udavae.engine.model_folder import load_postprocessing
+    from udavae.evaluation.evaluate import evaluate_cases, summary_of, write_metrics_csv, write_summary
     from udavae.fileio import ensure_writable_dir
 
     cfg, info, method, state, predictor = _load(run, checkpoint, device, batch_size, amp)
@@ -85,41 +129,57 @@ def evaluate_run(run: str | Path, split: str = "test", checkpoint: str = "best",
     unlabelled = [c.id for c in cases if c.label is None]
     if unlabelled:
         raise DataError(f"cannot evaluate {domain}/{split}: cases without labels {unlabelled}")
+    pp = load_postprocessing(run, checkpoint) if postprocess else None
     out = ensure_writable_dir(Path(out) if out else Path(run) / "eval" / f"{domain}_{split}_{checkpoint}")
     loaded = load_cases(spec, cases, info.preprocessing, with_labels=True, desc=f"loading {domain}/{split}")
     on_pred = None
     if save_masks:
         ensure_writable_dir(out / "masks")
 
-        def on_pred(case, pred):  # noqa: ANN001
-            save_like(info.labels.to_codes(pred.classes), case.reference, out / "masks" / f"{case.id}.nii.gz")
+        def on_pred(case, classes):  # noqa: ANN001
+            save_like(info.labels.to_codes(classes), case.reference, out / "masks" / f"{case.id}.nii.gz")
 
-    rows = evaluate_cases(predictor, loaded, info.labels.class_names, on_pred)
+    rows, raw_rows = evaluate_cases(predictor, loaded, info.labels.class_names, on_pred, pp)
     summary = summary_of(rows, {
         "run": str(Path(run).resolve()), "method": cfg.method.name, "checkpoint": checkpoint,
         "epoch": state.get("epoch"), "domain": domain, "split": split, "n_cases": len(loaded),
-        "seed": cfg.runtime.seed,
+        "seed": cfg.runtime.seed, "postprocessing": pp.to_dict() if pp else None,
     })
+    if raw_rows is not rows:
+        summary["raw"] = summary_of(raw_rows)
+        write_metrics_csv(out / "metrics_raw.csv", raw_rows)
     write_metrics_csv(out / "metrics.csv", rows)
     write_summary(out / "summary.json", summary)
     if verbose:
-        names = list(info.labels.class_names.values())
-        print(format_table({cfg.method.name: summary}, names, "dice",
-                           title=f"Dice % on {domain}/{split} ({len(loaded)} cases, {checkpoint} checkpoint)"))
-        print(format_table({cfg.method.name: summary}, names, "assd", title="ASSD (mm)"))
-        for s, n in summary["missed_structures"].items():
-            print(f"note: {s} present but not predicted in {n} case(s): Dice 0, distances NaN (excluded from means)")
-        print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
+        _print_evaluation(summary, cfg.method.name, list(info.labels.class_names.values()), pp, out)
     return summary, out
+
+
+def _print_evaluation(summary: dict, method: str, names: list[str], pp, out: Path) -> None:  # noqa: ANN001
+    """The evaluation tables (raw and post-processed rows when they differ) and notes."""
+    from udavae.evaluation.evaluate import format_table
+
+    raw = summary.get("raw")
+    rows = {f"{method} raw": raw, f"{method} post": summary} if raw else {method: summary}
+    where = f"{summary['domain']}/{summary['split']} ({summary['n_cases']} cases, {summary['checkpoint']} checkpoint)"
+    print(format_table(rows, names, "dice", title=f"Dice % on {where}"))
+    for metric, title in (("assd", "ASSD (mm)"), ("hd95", "HD95 (mm)"), ("hd", "HD (mm)")):
+        print(format_table(rows, names, metric, title=title))
+    print(pp.describe() if pp else "post-processing: none applied (none decided for this checkpoint, or "
+          "--no-postprocess)")
+    for s, n in summary["missed_structures"].items():
+        print(f"note: {s} present but not predicted in {n} case(s): Dice 0, distances NaN (excluded from means)")
+    print(f"wrote {out / 'metrics.csv'}" + (", metrics_raw.csv" if "raw" in summary else "") + " and summary.json")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     evaluate_run(args.run, args.split, args.checkpoint, args.domain, args.dataset, args.out, args.device,
-                 args.batch_size, args.save_masks, amp=args.amp)
+                 args.batch_size, args.save_masks, amp=args.amp, postprocess=not args.no_postprocess)
     return 0
 
 
 def _input_files(path: Path) -> list[Path]:
+    """The NIfTI file ``path`` or the NIfTI files in folder ``path``, sorted."""
     from udavae.data.nifti import is_nifti
 
     if path.is_file():
@@ -132,31 +192,138 @@ def _input_files(path: Path) -> list[Path]:
     raise UserError(f"input {path} not found")
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    from udavae.data.nifti import read_header, save_like, strip_nifti_suffix
+def _output_plan(files: list[Path], out: Path) -> dict[Path, tuple[Path, Path]]:
+    """Input file -> (mask path, uncertainty-map path) in ``out``."""
+    from udavae.data.nifti import strip_nifti_suffix
+
+    names = {f: strip_nifti_suffix(f.name) for f in files}
+    return {f: (out / f"{n}.nii.gz", out / f"{n}_uncertainty.nii.gz") for f, n in names.items()}
+
+
+def _file_keys(path: Path) -> set[object]:
+    """Identities of ``path``: its resolved path (symlinks, ``./``, ``..``) and, if it exists, its inode."""
+    keys: set[object] = {path.resolve()}
+    with contextlib.suppress(OSError):
+        st = path.stat()
+        keys.add((st.st_dev, st.st_ino))
+    return keys
+
+
+def _check_plan(inp: Path, plan: dict[Path, tuple[Path, Path]], out: Path, samples: int) -> None:
+    """Refuse outputs that would overwrite (or, for stale uncertainty maps, delete) an input, or each other."""
+    if inp.is_dir() and _file_keys(out) & _file_keys(inp):
+        raise UserError(f"output folder {out} is the input folder {inp}: the masks would overwrite the input "
+                        "images; choose another output folder")
+    inputs = {key: f for f in plan for key in _file_keys(f)}
+    for q in (q for paths in plan.values() for q in paths):
+        clash = next((inputs[key] for key in _file_keys(q) if key in inputs), None)
+        if clash is not None:
+            raise UserError(f"output {q} would overwrite the input {clash}; choose another output folder")
+    owner: dict[Path, Path] = {}
+    for f, (mask, unc) in plan.items():
+        for q in (mask, unc) if samples > 1 else (mask,):
+            other = owner.setdefault(q.resolve(), f)
+            if other != f:
+                raise UserError(f"inputs {other} and {f} would both be written to {q}; rename one of them")
+
+
+def _problem(f: Path, exc: Exception) -> str:
+    """One-line description of why ``f`` cannot be segmented, starting with the file name."""
+    msg = " ".join(str(exc).split())
+    return msg if msg.startswith(str(f)) else f"{f}: {msg}"
+
+
+def _find_bad_inputs(files: list[Path], prep) -> dict[Path, str]:  # noqa: ANN001
+    """Read and preprocess every input as prediction will; return the problem of each one that fails.
+
+    Header checks miss truncated data and NaN voxels, so each volume is read in full. It is dropped right
+    after its check and read again when predicted: memory holds one volume at a time instead of the whole
+    input folder, at the price of reading each file twice.
+    """
     from udavae.data.volumes import load_image
+
+    bad: dict[Path, str] = {}
+    for f in tqdm(files, desc="checking inputs", unit="vol", leave=False, disable=None):
+        try:
+            load_image(f, prep)
+        except (UserError, ValueError) as exc:
+            bad[f] = _problem(f, exc)
+    return bad
+
+
+def _predict_files(files: list[Path], plan: dict[Path, tuple[Path, Path]], predictor, labels,  # noqa: ANN001
+                   prep, samples: int, pp=None) -> list[Path]:  # noqa: ANN001
+    """Write the mask (and uncertainty map) of each file; return the stale uncertainty maps removed.
+
+    With ``samples == 1`` an uncertainty map left by an earlier ``--samples K`` run would no longer match
+    the new mask beside it, so it is removed before the mask is written. ``pp``: the post-processing
+    applied to each mask (None: raw masks).
+    """
+    from udavae.data.nifti import save_like
+    from udavae.data.volumes import load_image
+
+    masks = {m.resolve() for m, _ in plan.values()}
+    removed = []
+    for f in tqdm(files, desc="predicting", unit="vol", disable=None):
+        mask, unc = plan[f]
+        vol, slices, geom = load_image(f, prep)
+        pred = predictor.predict(slices, geom, samples=samples)
+        if pred.uncertainty is None and unc.is_file() and unc.resolve() not in masks:
+            unc.unlink()
+            removed.append(unc)
+        classes = pp.apply(pred.classes, labels.class_names) if pp is not None else pred.classes
+        save_like(labels.to_codes(classes), vol, mask)
+        if pred.uncertainty is not None:
+            save_like(pred.uncertainty, vol, unc, dtype=np.float32)
+    return removed
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Segment NIfTI files, all or nothing (or the good ones with ``--skip-bad``, exit status 1).
+
+    Nothing is written, not even the output folder, when an output would overwrite an input or, without
+    ``--skip-bad``, when any input cannot be segmented.
+    """
     from udavae.fileio import ensure_writable_dir
 
     if args.samples < 1:
         raise UserError("--samples must be >= 1")
-    files = _input_files(Path(args.input))
-    # Check every input before writing anything.
-    for f in files:
-        shape = read_header(f).shape
-        if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
-            raise DataError(f"{f}: expected a 3-D volume, got shape {tuple(shape)}")
-    out = ensure_writable_dir(args.output)
+    inp, out = Path(args.input), Path(args.output)
+    files = _input_files(inp)
+    plan = _output_plan(files, out)
+    _check_plan(inp, plan, out, args.samples)
     cfg, info, method, state, predictor = _load(args.run, args.checkpoint, args.device, args.batch_size,
                                                 args.amp)
-    prep = info.preprocessing
-    for f in tqdm(files, desc="predicting", unit="vol", disable=None):
-        vol, slices, geom = load_image(f, prep)
-        pred = predictor.predict(slices, geom, samples=args.samples)
-        name = strip_nifti_suffix(f.name)
-        save_like(info.labels.to_codes(pred.classes), vol, out / f"{name}.nii.gz")
-        if pred.uncertainty is not None:
-            save_like(pred.uncertainty, vol, out / f"{name}_uncertainty.nii.gz", dtype=np.float32)
-    print(f"wrote {len(files)} mask(s) to {out}" + (" with uncertainty maps" if args.samples > 1 else ""))
+    bad = _find_bad_inputs(files, info.preprocessing)
+    good = [f for f in files if f not in bad]
+    if bad and not (args.skip_bad and good):
+        hint = "; --skip-bad segments the others" if good else ""
+        raise DataError(f"{len(bad)} of {len(files)} input(s) cannot be segmented, nothing written: "
+                        + "; ".join(bad.values()) + hint)
+    from udavae.engine.model_folder import load_postprocessing
+
+    pp = None if args.no_postprocess else load_postprocessing(args.run, args.checkpoint)
+    out = ensure_writable_dir(out)
+    removed = _predict_files(good, plan, predictor, info.labels, info.preprocessing, args.samples, pp)
+    print(f"wrote {len(good)} mask(s) to {out}" + (" with uncertainty maps" if args.samples > 1 else ""))
+    if pp is not None:
+        print(pp.describe())
+    for u in removed:
+        print(f"removed {u}: an uncertainty map of an earlier --samples run that no longer matches the new mask")
+    for problem in bad.values():
+        print(f"udavae predict: skipped {problem}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def run_postprocess(args: argparse.Namespace) -> int:
+    from udavae.engine.postprocessing import postprocess_run
+
+    checkpoints = ("best", "last") if args.checkpoint == "both" else (args.checkpoint,)
+    for checkpoint, pp in postprocess_run(args.run, checkpoints, args.device, args.batch_size).items():
+        dice = ", ".join(f"{s} {100 * d['raw']:.2f} -> {100 * d['largest_component']:.2f}"
+                         for s, d in pp.val_dice.items())
+        print(f"{checkpoint}: {pp.describe()}\n  validation Dice raw -> largest component: {dice}")
+    print(f"wrote {Path(args.run) / 'postprocessing.json'}")
     return 0
 
 
