@@ -42,6 +42,15 @@ def presets_epilog() -> str:
     return "presets:\n" + "\n".join(f"  {k:<14} {v}" for k, v in PRESET_HELP.items())
 
 
+def add_preset_profile_args(parser: argparse.ArgumentParser) -> None:
+    """``--preset`` and ``--profile``, as every command that builds a configuration takes them."""
+    from udavae.methods.presets import PRESETS, PROFILES
+
+    parser.add_argument("--preset", default="udavae++", choices=list(PRESETS), metavar="PRESET",
+                        help="method preset, one of the list below (default udavae++)")
+    parser.add_argument("--profile", default="paper", choices=list(PROFILES), help="compute profile (default paper)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered sub-command."""
     parser = argparse.ArgumentParser(

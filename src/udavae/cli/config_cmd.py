@@ -140,7 +140,7 @@ def format_value(value: Any) -> str:
 
 def register(subparsers: Any) -> None:
     """Add the ``config`` command (sub-command ``show``) to the top-level parser."""
-    from udavae.cli import presets_epilog
+    from udavae.cli import add_preset_profile_args, presets_epilog
     from udavae.cli.train_cmd import FLAG_KEYS
 
     parser = subparsers.add_parser("config", help="list every config key with its value for a preset / profile",
@@ -156,9 +156,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"train flags and the keys they set:\n{flags}\n\n{presets_epilog()}",
     )
-    show.add_argument("--preset", default="udavae++", choices=list(PRESETS), metavar="PRESET",
-                      help="method preset, one of the list below (default udavae++)")
-    show.add_argument("--profile", default="paper", choices=list(PROFILES), help="compute profile (default paper)")
+    add_preset_profile_args(show)
     show.add_argument("--yaml", action="store_true", help="print the resolved config as YAML instead of a table")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                       help="config overrides applied last, e.g. optim.lr=2e-4 method.mi_prior=false")

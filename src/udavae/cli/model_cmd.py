@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from udavae.cli import presets_epilog
+from udavae.cli import add_preset_profile_args, presets_epilog
 from udavae.config import parse_overrides
-from udavae.methods.presets import PRESETS, PROFILES, build_config
+from udavae.methods.presets import build_config
 
 __all__ = ["register"]
 
@@ -27,10 +27,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=presets_epilog(),
     )
-    info.add_argument("--preset", default="udavae++", choices=list(PRESETS), metavar="PRESET",
-                      help="method preset, one of the list below (default udavae++)")
-    info.add_argument("--profile", default="paper", choices=list(PROFILES),
-                      help="compute profile (default paper)")
+    add_preset_profile_args(info)
     info.add_argument("--crop", type=int, default=None, help="training crop side (default: the profile's)")
     info.add_argument("--batch", type=int, default=None, help="per-domain batch (default: the profile's)")
     info.add_argument("--classes", type=int, default=4, help="segmentation classes incl. background")

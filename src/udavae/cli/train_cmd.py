@@ -6,7 +6,7 @@ import argparse
 import json
 
 from udavae.config import COMPILE_MODES, Config, parse_overrides
-from udavae.methods.presets import PRESET_HELP, PROFILES, build_config
+from udavae.methods.presets import build_config
 
 #: ``train`` flags (argparse dest) and the config key each sets; ``udavae config show`` prints this map.
 FLAG_KEYS: dict[str, str] = {
@@ -27,14 +27,15 @@ FLAG_KEYS: dict[str, str] = {
 _DESCRIPTION = """\
 Train a method on a prepared dataset. The paper's setting is --profile paper (a GPU setting).
 --profile cpu trains UDA-VAE++ on 2 CPU cores in <= 40 minutes: measured 39 min in fp32 and
-28 min with --amp bf16 on an idle 2-core AMD EPYC VM (12 epochs x 100 iterations).
+28 min with --amp bf16 on an idle 2-core AMD EPYC VM with AVX512-BF16 (12 epochs x 100
+iterations; on CPUs without native bf16, --amp bf16 is emulated and far slower: keep fp32).
 Extra key=value items override any config value (e.g. model.base_width=32 optim.lr=2e-4
 method.mi_prior=false); 'udavae config show --preset P --profile Q' lists every key with its value."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``train`` command to the top-level parser."""
-    from udavae.cli import presets_epilog
+    from udavae.cli import add_preset_profile_args, presets_epilog
 
     p = sub.add_parser(
         "train", help="train a UDA method (or NoAdapt) into a model folder",
@@ -45,9 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, help="prepared dataset folder (with dataset.json)")
     p.add_argument("--source", default="C0", help="labelled source domain (default C0)")
     p.add_argument("--target", default="LGE", help="unlabelled target domain (default LGE)")
-    p.add_argument("--preset", default="udavae++", choices=list(PRESET_HELP), metavar="PRESET",
-                   help="method preset, one of the list below (default udavae++)")
-    p.add_argument("--profile", default="paper", choices=list(PROFILES), help="compute profile (default paper)")
+    add_preset_profile_args(p)
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     p.add_argument("--epochs", type=int, help="number of epochs (overrides the profile)")
