@@ -40,6 +40,26 @@ def main() -> None:
         d = None if "@" in name else DECK.get(name)
         cells.append(" / ".join(f"{x:.2f}" for x in d[:3]) if d else "")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    postprocessing_table(res)
+
+
+def postprocessing_table(res: dict) -> None:
+    """Runs that recorded both: test Dice / HD95 / HD (mm) of the raw and of the post-processed masks."""
+    runs = [k for k in res if "test_postprocessed" in res[k]]
+    if not runs:
+        return
+    print("\n| run | post-processing (decided on LGE 1-5) | "
+          + " | ".join(f"{s} Dice / HD95 / HD raw -> post" for s in STRUCTS) + " | mean Dice raw -> post |")
+    print("|---|---|" + "---|" * (len(STRUCTS) + 1))
+    for name in runs:
+        raw, post = res[name]["test"], res[name]["test_postprocessed"]
+        kept = ", ".join((post.get("postprocessing") or {}).get("largest_component", [])) or "none"
+        cells = [f"largest component: {kept}"]
+        for s in STRUCTS:
+            metrics = ("dice_mean", "hd95_mean", "hd_mean")
+            cells.append(" / ".join(f"{raw[s][m]:.2f} -> {post[s][m]:.2f}" for m in metrics))
+        cells.append(f"{raw['mean_dice']:.2f} -> {post['mean_dice']:.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
