@@ -4,10 +4,11 @@
 ``<domain>/images|labels/<id>.nii.gz``, see :mod:`udavae.data.spec`) with two unpaired domains:
 
 - ``C0`` (source, bSSFP-like): bright blood pools, dark myocardium, mid-grey tissue, dark lungs, bright fat;
-- ``LGE`` (target): a non-monotonic remapping of the same tissue classes -- myocardium *brighter* than
-  the blood pools, lungs mid-grey, fat dark -- plus a strong smooth multiplicative bias field, more
-  blur, more Rician noise and a different global contrast (gamma), so a source-only model degrades
-  clearly while every structure stays visible.
+- ``LGE`` (target), as late-gadolinium images look: nulled (dark) myocardium, blood pools only as bright as
+  the chest-wall muscle, liver and aorta around them, bright fat, plus a strong smooth multiplicative bias
+  field, more blur, more Rician noise and a different global contrast (gamma). A source-only model, which
+  learned "blood is the brightest tissue", loses the blood pools (and with them the LV and RV) while every
+  structure stays visible by its shape and its dark myocardial border.
 
 Each volume has random anatomy (seeded per domain and case): an elliptic LV blood pool with papillary
 muscles, a myocardial ring of varying thickness, an RV crescent on the septal side, a base-to-apex
@@ -73,7 +74,7 @@ STYLES: dict[str, DomainStyle] = {
         spacing=(1.25, 1.25, 10.0), euler_deg=(-35.0, 25.0, 10.0), zoom=1.0,
         blur=0.35, noise=0.025, bias=0.08, gamma=1.0),
     TARGET: DomainStyle(
-        lut=(0.03, 0.45, 0.15, 0.34, 0.62, 0.55, 0.30, 0.85, 0.28, 0.24, 0.72, 0.80),
+        lut=(0.03, 0.42, 0.75, 0.08, 0.45, 0.50, 0.40, 0.10, 0.40, 0.38, 0.12, 0.12),
         spacing=(0.8, 0.8, 5.0), euler_deg=(-30.0, 30.0, 0.0), zoom=1.1,
         blur=0.9, noise=0.06, bias=0.30, gamma=1.3),
 }
