@@ -315,13 +315,13 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         fault = int(os.environ.get("UDAVAE_FAULT_AFTER_STEPS", "0"))  # test hook: simulate a hard kill
+        cl = cfg.runtime.channels_last
         bar = tqdm(range(iters), desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}", unit="it",
                    disable=None if self.dist.is_main else True, leave=False, dynamic_ncols=True)
         t0 = time.time()
         for it in bar:
             if fault and start + it >= fault:
                 os._exit(137)
-            cl = cfg.runtime.channels_last
             src = batch_to_device(next(src_it), self.device, cl)
             tgt = batch_to_device(next(tgt_it), self.device, cl) if tgt_it is not None else None
             losses = optimisation_step(self.model, self.optimizers, src, tgt, self.device, cfg.runtime.amp,

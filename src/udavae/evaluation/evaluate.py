@@ -17,19 +17,9 @@ from tqdm.auto import tqdm
 
 from udavae.data.volumes import LoadedCase
 from udavae.engine.inference import Predictor
-from udavae.evaluation.metrics import METRIC_NAMES, multiclass_metrics, summarize
+from udavae.evaluation.metrics import METRIC_NAMES, dice_per_class, multiclass_metrics, summarize
 from udavae.evaluation.postprocess import PostProcessing, decide_postprocessing
 from udavae.fileio import atomic_write, write_json
-
-
-def dice_per_class(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
-    """Dice of classes 1..K-1 from two class maps (NaN where both are empty)."""
-    p = pred.ravel().astype(np.int64)
-    g = gt.ravel().astype(np.int64)
-    inter = np.bincount(p[p == g], minlength=num_classes)[1:]
-    sizes = np.bincount(p, minlength=num_classes)[1:] + np.bincount(g, minlength=num_classes)[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(sizes > 0, 2.0 * inter / np.maximum(sizes, 1), np.nan)
 
 
 def validation_dice(predictor: Predictor, cases: Iterable[LoadedCase], num_classes: int) -> np.ndarray:

@@ -260,3 +260,13 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str
                 "n_cases": len(group),
             }
     return summary
+
+
+def dice_per_class(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """Dice of classes 1..K-1 from two class maps (NaN where both are empty)."""
+    p = pred.ravel().astype(np.int64)
+    g = gt.ravel().astype(np.int64)
+    inter = np.bincount(p[p == g], minlength=num_classes)[1:]
+    sizes = np.bincount(p, minlength=num_classes)[1:] + np.bincount(g, minlength=num_classes)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sizes > 0, 2.0 * inter / np.maximum(sizes, 1), np.nan)

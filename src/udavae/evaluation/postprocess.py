@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from udavae.evaluation.metrics import dice_per_class
+
 __all__ = ["PostProcessing", "decide_postprocessing", "keep_largest_component"]
 
 _CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
@@ -80,11 +82,6 @@ class PostProcessing:
                    dict(d.get("val_dice", {})))
 
 
-def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    total = int(pred.sum()) + int(gt.sum())
-    return 2.0 * int(np.logical_and(pred, gt).sum()) / total if total else float("nan")
-
-
 def decide_postprocessing(predictions: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                           class_names: Mapping[int, str], decided_on: str) -> PostProcessing:
     """Choose, per structure, whether keeping its largest component does not lower the mean Dice.
@@ -105,9 +102,10 @@ def decide_postprocessing(predictions: Sequence[np.ndarray], labels: Sequence[np
             raise ValueError(f"prediction {p.shape} and label {g.shape} differ in shape")
     chosen: list[str] = []
     evidence: dict[str, dict[str, float]] = {}
+    k = max(class_names) + 1
     for index, name in class_names.items():
-        raw = [_dice(p == index, g == index) for p, g in zip(predictions, labels)]
-        post = [_dice(keep_largest_component(p, index) == index, g == index) for p, g in zip(predictions, labels)]
+        raw = [dice_per_class(p, g, k)[index - 1] for p, g in zip(predictions, labels)]
+        post = [dice_per_class(keep_largest_component(p, index), g, k)[index - 1] for p, g in zip(predictions, labels)]
         raw_mean, post_mean = float(np.nanmean(raw)), float(np.nanmean(post))
         evidence[name] = {"raw": raw_mean, "largest_component": post_mean}
         if post_mean >= raw_mean:
