@@ -3,7 +3,8 @@
 1. The GPU's own peaks: best-of-N bf16 and TF32 matrix products (8192^3) and 3x3 convolutions.
 2. For each variant (fp32/TF32 and bf16, with one speed lever switched on or off; ``VARIANTS``), a fresh
    process times ``--steps`` training steps after ``--warmup`` steps on a synthetic batch of the profile's
-   size, exactly the step training runs (``engine.trainer.optimisation_step``): s/step, images/s (source +
+   size, exactly the step training runs (``engine.step.optimisation_step``, i.e. the method's own
+   ``training_step`` with the optimisers of its ``configure_optimizers``): s/step, images/s (source +
    target crops), TFLOP/s (FLOPs counted on the meta device), its share of the measured peak of the same
    precision, peak GPU memory and the first step's time (cuDNN autotuning, ``torch.compile``, CUDA-graph
    capture). ``*-loader`` variants draw each batch from the training data pipeline (random slices of the
@@ -35,11 +36,12 @@ from udavae.config import parse_overrides
 from udavae.data.sampling import SliceCropDataset, make_loader
 from udavae.data.volumes import SliceStack
 from udavae.engine.runtime import compile_module, configure_backends, loader_workers, uses_cudagraphs
-from udavae.engine.trainer import batch_to_device, optimisation_step
+from udavae.engine.step import batch_to_device, optimisation_step
 from udavae.fileio import write_json
-from udavae.methods import build_method, make_optimizers
+from udavae.methods import build_method
+from udavae.methods.complexity import measure
 from udavae.methods.presets import build_config
-from udavae.models.complexity import measure, synthetic_batch
+from udavae.models.complexity import synthetic_batch
 
 BF16 = {"runtime.amp": "bf16"}
 #: name -> config overrides on top of the defaults (cuDNN autotuning on, fused Adam on CUDA, no compile).
@@ -142,7 +144,7 @@ def one_run(preset: str, profile: str, variant: str, device_name: str, steps: in
     cl = cfg.runtime.channels_last
     if cl:
         method = method.to(memory_format=torch.channels_last)
-    opts = make_optimizers(method, cfg.optim, fused=cfg.runtime.fused_adam)
+    opts = method.configure_optimizers(cfg.optim, fused=cfg.runtime.fused_adam)
     model = compile_module(method, cfg.runtime, device)
     graphs = uses_cudagraphs(cfg.runtime, device)
     b, crop = cfg.optim.batch_size, cfg.data.crop
@@ -156,7 +158,8 @@ def one_run(preset: str, profile: str, variant: str, device_name: str, steps: in
         torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> torch.Tensor:
-        losses = optimisation_step(model, opts, next(src_it), next(tgt_it), device, cfg.runtime.amp, graphs)
+        losses = optimisation_step(method, opts, next(src_it), next(tgt_it), device, cfg.runtime.amp, graphs,
+                                   forward=model)
         return losses["total"].detach().clone()
 
     t = time.perf_counter()

@@ -34,11 +34,12 @@ from common import repo_relative
 
 from udavae.config import parse_overrides
 from udavae.engine.runtime import MALLOC_ENV, reexec_with_allocator_env
-from udavae.engine.trainer import optimisation_step
+from udavae.engine.step import optimisation_step
 from udavae.fileio import write_json
-from udavae.methods import build_method, make_optimizers
+from udavae.methods import build_method
+from udavae.methods.complexity import measure
 from udavae.methods.presets import build_config
-from udavae.models.complexity import measure, synthetic_batch
+from udavae.models.complexity import synthetic_batch
 
 HEAD = {"model.wiring": "skip", "model.mean_head": "gate"}
 #: name -> (config overrides, use the glibc malloc tunables)
@@ -94,7 +95,7 @@ def one_run(preset: str, profile: str, variant: str, steps: int, extra: dict[str
     cfg = build_config(preset, profile, {"runtime.device": "cpu", **overrides})
     torch.manual_seed(0)
     method = build_method(cfg, 4)
-    opts = make_optimizers(method, cfg.optim)
+    opts = method.configure_optimizers(cfg.optim)
     b, crop = cfg.optim.batch_size, cfg.data.crop
     cl = cfg.runtime.channels_last
     if cl:
@@ -110,7 +111,7 @@ def one_run(preset: str, profile: str, variant: str, steps: int, extra: dict[str
     times = []
     for _ in range(steps + 1):
         t = time.perf_counter()
-        optimisation_step(forward, opts, src, tgt, dev, cfg.runtime.amp)
+        optimisation_step(method, opts, src, tgt, dev, cfg.runtime.amp, forward=forward)
         times.append(time.perf_counter() - t)
     s_step = float(np.median(times[1:]))
     images = b * (2 if tgt is not None else 1)

@@ -18,7 +18,8 @@ python3 benchmarks/bench_gpu.py --steps ${STEPS:-20} --warmup 5 --reference .gpu
 [ -d .gpu/Patch192 ] || tar xJf .gpu/mscmrseg_p192_12bit.tar.xz -C .gpu
 udavae() { python3 -m udavae "$@"; }
 export -f udavae
-AMP=${AMP:-bf16} COMPILE=${COMPILE:-} bash benchmarks/gpu_paper.sh .gpu/Patch192 "$OUT/runs" udavae++ 2>&1 \
-    | grep -v '^\s*$' | tee "$OUT/paper.log"
-cp "$OUT/runs/udavae++/log.csv" "$OUT/paper_log.csv" 2>/dev/null
-cp "$OUT/runs/udavae++/eval/LGE_test_best/summary.json" "$OUT/paper_test_summary.json" 2>/dev/null
+AMP=${AMP:-bf16} COMPILE=${COMPILE:-} PRESETS=udavae++ SEEDS=0 JOBS=1 bash benchmarks/gpu_paper.sh .gpu/Patch192 \
+    "$OUT/runs" 2>&1 | grep -v '^\s*$' | tee "$OUT/paper.log"
+RUN="$OUT/runs/sweep/runs/udavae++_seed0"
+cp "$RUN/log.csv" "$OUT/paper_log.csv" 2>/dev/null
+cp "$RUN/eval/LGE_test_best/summary.json" "$OUT/paper_test_summary.json" 2>/dev/null

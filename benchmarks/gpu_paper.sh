@@ -1,35 +1,37 @@
 #!/usr/bin/env bash
-# The paper setting on one GPU: 30 epochs x 130 iterations, batch 12, 160x160 crops, Adam 1e-4 x0.9 per epoch,
-# model selection on LGE patients 1-5, test on 6-45, for each preset given (default udavae++).
+# The paper setting on GPU(s) as one `udavae sweep`, then `udavae compare`: 30 epochs x 130 iterations, batch 12,
+# 160x160 crops, Adam 1e-4 x0.9 per epoch, model selection on LGE patients 1-5, test on patients 6-45.
 #
-#   benchmarks/gpu_paper.sh PATCH192_DIR [OUT_DIR] [PRESETS]
+#   benchmarks/gpu_paper.sh PATCH192_DIR [OUT_DIR]
 #
-# Environment: AMP=none|bf16 (default bf16; fp16 is refused for training), COMPILE=<torch.compile mode> (default:
-# none; reduce-overhead replays the step as CUDA graphs), EPOCHS, ITERS, SEED, DEVICE (default cuda) and PROFILE
-# (default paper; DEVICE=cpu PROFILE=tiny EPOCHS=1 ITERS=2 checks the script on a CPU). Each run prints its per-epoch time;
-# 'time' gives the whole run's wall time. Smoke test first: EPOCHS=1 ITERS=20 benchmarks/gpu_paper.sh DIR /tmp/smoke
+# Grid: benchmarks/paper_sweep.yaml (noadapt, uda-vae, cfdnet, udavae++ and the deck's ablation rows, seeds 0,1,2),
+# or PRESETS=a,b [SEEDS=0,1] for a smaller one. Environment: AMP=none|bf16 (default bf16; fp16 is refused for
+# training), COMPILE=<torch.compile mode> (default none; reduce-overhead replays the step as CUDA graphs), EPOCHS,
+# ITERS, DEVICE (default cuda), GPUS (default 0; e.g. 0,1,2,3), JOBS (runs at once per GPU, default 3: one
+# paper-size run leaves an H200 mostly idle) and PROFILE (default paper). Rerunning the script resumes the sweep
+# (finished runs are skipped). Check it on a CPU first:
+#   DEVICE=cpu PROFILE=tiny EPOCHS=1 ITERS=2 AMP=none PRESETS=noadapt,udavae++ SEEDS=0,1 JOBS=1 \
+#       benchmarks/gpu_paper.sh PATCH192_DIR /tmp/smoke
 set -euo pipefail
-DATA=${1:?usage: gpu_paper.sh PATCH192_DIR [OUT_DIR] [PRESETS]}
+HERE=$(cd "$(dirname "$0")" && pwd)
+DATA=${1:?usage: gpu_paper.sh PATCH192_DIR [OUT_DIR]}
 OUT=${2:-runs_paper}
-PRESETS=${3:-udavae++}
-EPOCHS=${EPOCHS:-30}
-ITERS=${ITERS:-130}
 AMP=${AMP:-bf16}
-SEED=${SEED:-0}
 DEVICE=${DEVICE:-cuda}
 PROFILE=${PROFILE:-paper}
-COMPILE_ARGS=()
-[ -n "${COMPILE:-}" ] && COMPILE_ARGS=(--compile-mode "$COMPILE")
 mkdir -p "$OUT"
 [ -f "$OUT/mscmrseg/dataset.json" ] || udavae data import mscmrseg "$DATA" "$OUT/mscmrseg" --link
-for P in ${PRESETS//,/ }; do
-  RESUME=()
-  [ -f "$OUT/$P/checkpoints/last.pt" ] && RESUME=(--resume)
-  START=$(date +%s)
-  udavae train --dataset "$OUT/mscmrseg" --source C0 --target LGE --preset "$P" --profile "$PROFILE" --device "$DEVICE" \
-      --epochs "$EPOCHS" --iters-per-epoch "$ITERS" --seed "$SEED" --amp "$AMP" "${COMPILE_ARGS[@]}" \
-      --out "$OUT/$P" "${RESUME[@]}"
-  echo "$P: training wall time $(( $(date +%s) - START )) s (AMP=$AMP COMPILE=${COMPILE:-none})"
-  udavae evaluate "$OUT/$P" --split test --device "$DEVICE"
-  udavae evaluate "$OUT/$P" --split val --device "$DEVICE"
-done
+ARGS=(--out "$OUT/sweep" --dataset "$OUT/mscmrseg" --profile "$PROFILE" --amp "$AMP" --device "$DEVICE"
+      --jobs "${JOBS:-3}")
+if [ -n "${PRESETS:-}" ]; then ARGS+=(--presets "$PRESETS" --seeds "${SEEDS:-0}"); else ARGS+=(--grid "$HERE/paper_sweep.yaml"); fi
+if [ -n "${EPOCHS:-}" ]; then ARGS+=(--epochs "$EPOCHS"); fi
+if [ -n "${ITERS:-}" ]; then ARGS+=(--iters-per-epoch "$ITERS"); fi
+if [ -n "${COMPILE:-}" ]; then ARGS+=(--compile-mode "$COMPILE"); fi
+if [ "$DEVICE" = cuda ]; then ARGS+=(--gpus "${GPUS:-0}"); fi
+if [ -f "$OUT/sweep/sweep.json" ]; then ARGS+=(--resume); fi
+START=$(date +%s)
+rc=0
+udavae sweep "${ARGS[@]}" || rc=$?
+echo "sweep wall time $(( $(date +%s) - START )) s (exit status $rc; AMP=$AMP COMPILE=${COMPILE:-none} JOBS=${JOBS:-3})"
+udavae compare "$OUT/sweep"
+exit $rc

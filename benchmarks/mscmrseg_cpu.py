@@ -64,10 +64,10 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="config key=value overrides, applied to every method")
     args = ap.parse_args()
 
-    from udavae.cli.eval_cmd import evaluate_run
     from udavae.data.importers import import_mscmrseg
     from udavae.data.spec import SPEC_FILE
-    from udavae.engine.model_folder import load_checkpoint
+    from udavae.engine.model_folder import load_checkpoint, open_model
+    from udavae.evaluation.run import evaluate_run
 
     work = Path(args.work)
     dataset = work / "mscmrseg"
@@ -96,9 +96,10 @@ def main() -> None:
             raise SystemExit(f"training {method} failed with exit code {rc}")
         state = load_checkpoint(run / "checkpoints" / "last.pt")
         train_time = sum(r.get("train_time_s", 0.0) for r in state["history"])
-        best_test, _ = evaluate_run(run, "test", "best", device=args.device, verbose=False)
-        best_val, _ = evaluate_run(run, "val", "best", device=args.device, verbose=False)
-        last_test, _ = evaluate_run(run, "test", "last", device=args.device, verbose=False)
+        best = open_model(run, "best", args.device)
+        best_test, _ = evaluate_run(best, "test", verbose=False)
+        best_val, _ = evaluate_run(best, "val", verbose=False)
+        last_test, _ = evaluate_run(open_model(run, "last", args.device), "test", verbose=False)
         test_raw, test_post = _raw_and_post(best_test)
         config = state["config"]
         config["data"]["dataset"] = repo_relative(config["data"]["dataset"])

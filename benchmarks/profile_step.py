@@ -18,8 +18,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from udavae.config import parse_overrides
 from udavae.engine.runtime import reexec_with_allocator_env
-from udavae.engine.trainer import optimisation_step
-from udavae.methods import build_method, make_optimizers
+from udavae.engine.step import optimisation_step
+from udavae.methods import build_method
 from udavae.methods.presets import build_config
 from udavae.models.complexity import synthetic_batch
 
@@ -35,7 +35,7 @@ def main() -> None:
     cfg = build_config(args.preset, args.profile, {"runtime.device": "cpu", **parse_overrides(args.overrides)})
     torch.manual_seed(0)
     method = build_method(cfg, 4)
-    opts = make_optimizers(method, cfg.optim)
+    opts = method.configure_optimizers(cfg.optim)
     b, crop = cfg.optim.batch_size, cfg.data.crop
     src = synthetic_batch(b, crop, 4, "cpu")
     tgt = synthetic_batch(b, crop, 4, "cpu", labelled=False) if method.needs_target else None

@@ -51,15 +51,23 @@ def test_config_show_lists_every_key_with_value_source_and_description(capsys) -
     assert set(table) == set(flatten(cfg.to_dict()))  # every settable key, nothing else
     assert table["model.base_width"][:3] == ["int", "16", "profile"]
     assert table["method.kind"][:3] == ["str", "noadapt", "preset"]
-    assert table["method.mi_prior"][:3] == ["bool", "false", "preset"]
+    assert "method.mi_prior" not in table  # an option of kind vae only (udavae.methods.vae.VAEOptions)
+    assert table["method.weights.seg"][3].startswith("weight of each balanced cross-entropy term")
     assert table["optim.lr"][:3] == ["float", "0.0002", "override"]
     assert table["model.depth"][:3] == ["int", "5", "default"]
-    assert table["method.weights.dist"][:3] == ["tuple[float, float, float]", "0.001,0.001,0.0001", "default"]
     assert table["profile"][1:3] == ["cpu", "profile"]
     # one-line descriptions parsed from the dataclass docstrings, incl. "a / b: ..." entries
     assert table["model.base_width"][3].startswith("channels of the first encoder level (64 in the paper)")
     assert table["data.target"][3] == "domain names in that dataset."
     assert table["runtime.val_every"][3].startswith("validate every N epochs")
+    # a vae preset lists its kind's options, described by its options dataclass
+    assert main(["config", "show", "--preset", "uda-vae", "--profile", "cpu"]) == 0
+    table = _table(capsys.readouterr().out)
+    assert table["method.mi_prior"][:3] == ["bool", "false", "preset"]
+    assert table["method.weights.dist"][:3] == ["tuple[float, float, float]", "0.001,0.001,0.0001", "default"]
+    assert table["method.dist_pool"][3].startswith("average-pooling window applied to mu / var")
+    assert table["method.name"][3].startswith("preset name recorded for reports")  # from the base class
+    assert "method.cf_band" not in table
 
 
 def test_config_show_yaml_is_what_train_writes(tmp_path: Path, capsys) -> None:

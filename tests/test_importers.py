@@ -75,6 +75,8 @@ def test_mscmrseg_real_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     spec = import_mscmrseg(MSCMRSEG, out, link=True)  # the parent of Patch192 is accepted
     assert [sum(1 for c in spec.domains[d] if c.label) for d in ("C0", "LGE")] == [35, 45]
     assert len(spec.splits["C0"]["train"]) == 35
+    assert spec.splits["C0"]["val"] == [f"patient{i}" for i in range(1, 6)]  # LGE -> C0 direction
+    assert spec.splits["C0"]["test"] == [f"patient{i}" for i in range(6, 36)]
     assert spec.splits["LGE"]["val"] == [f"patient{i}" for i in range(1, 6)]
     assert spec.splits["LGE"]["test"] == [f"patient{i}" for i in range(6, 46)]
     assert spec.labels.codes == {"MYO": 200, "LV": 500, "RV": 600}
@@ -96,8 +98,10 @@ def fake_patch192(root: Path, n_c0: int = 3, n_lge: int = 7) -> Path:
 
 
 def test_mscmrseg_layout_copies_bytes(tmp_path: Path) -> None:
-    patch = fake_patch192(tmp_path / "src", n_lge=12)
+    patch = fake_patch192(tmp_path / "src", n_c0=7, n_lge=12)
     spec = import_mscmrseg(patch, tmp_path / "out")
+    c0 = [f"patient{i}" for i in range(1, 8)]
+    assert spec.splits["C0"] == {"train": c0, "val": c0[:5], "test": c0[5:]}
     assert spec.splits["LGE"] == {"val": [f"patient{i}" for i in range(1, 6)],
                                   "test": [f"patient{i}" for i in range(6, 13)]}
     assert [c.id for c in spec.domains["LGE"]][8:10] == ["patient9", "patient10"]  # numeric order

@@ -10,8 +10,9 @@ from torch import nn
 
 from udavae.cli import main
 from udavae.config import ModelConfig
+from udavae.methods.complexity import measure
 from udavae.methods.presets import build_config
-from udavae.models.complexity import count_parameters, measure
+from udavae.models.complexity import count_parameters
 from udavae.models.recon import ReconDecoder
 from udavae.models.smie import SMIE
 from udavae.models.unet_vae import UNetVAE

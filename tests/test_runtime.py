@@ -14,7 +14,7 @@ from udavae.engine.runtime import (
     uses_cudagraphs,
     validation_batch,
 )
-from udavae.methods import build_method, make_optimizers
+from udavae.methods import build_method
 from udavae.methods.presets import build_config
 from udavae.models.complexity import synthetic_batch
 
@@ -64,7 +64,7 @@ def test_cpu_keeps_its_defaults() -> None:
     configure_backends(CPU, RuntimeConfig(cudnn_benchmark=not before))
     assert torch.backends.cudnn.benchmark == before
     cfg = build_config("udavae++", "tiny", TINY)
-    opts = make_optimizers(build_method(cfg, 4), cfg.optim, fused=True)
+    opts = build_method(cfg, 4).configure_optimizers(cfg.optim, fused=True)
     assert all(not o.defaults.get("fused") for o in opts.values())
     assert loader_workers(-1, CPU) == 0 and loader_workers(3, CPU) == 3
     assert validation_batch(RuntimeConfig(), 12, CPU) == 12
@@ -78,13 +78,13 @@ def test_cpu_keeps_its_defaults() -> None:
 @pytest.mark.parametrize("preset", ["uda-vae", "udavae++", "cfdnet"])
 def test_cuda_bf16_steps_stay_finite_and_learn(preset: str) -> None:
     """On a GPU: 20 bf16 steps of each variational preset with fused Adam; loss finite and falling."""
-    from udavae.engine.trainer import optimisation_step
+    from udavae.engine.step import optimisation_step
 
     dev = torch.device("cuda")
     cfg = build_config(preset, "tiny", {**TINY, "optim.lr": 1e-3})
     torch.manual_seed(0)
     method = build_method(cfg, 4).to(dev)
-    opts = make_optimizers(method, cfg.optim, fused=True)
+    opts = method.configure_optimizers(cfg.optim, fused=True)
     assert all(o.defaults.get("fused") for o in opts.values())
     src, tgt = synthetic_batch(2, 32, 4, dev), synthetic_batch(2, 32, 4, dev, labelled=False)
     totals = [optimisation_step(method, opts, src, tgt, dev, "bf16")["total"].item() for _ in range(20)]
@@ -95,7 +95,7 @@ def test_cuda_bf16_steps_stay_finite_and_learn(preset: str) -> None:
 @cuda_only
 def test_cuda_graph_compiled_step_matches_eager_loss() -> None:
     """On a GPU: the reduce-overhead (CUDA graph) step runs, and its first loss equals the eager one."""
-    from udavae.engine.trainer import optimisation_step
+    from udavae.engine.step import optimisation_step
 
     dev = torch.device("cuda")
     cfg = build_config("udavae++", "tiny", {**TINY, "runtime.compile": True,
@@ -105,10 +105,10 @@ def test_cuda_graph_compiled_step_matches_eager_loss() -> None:
     for compiled in (False, True):
         torch.manual_seed(0)
         method = build_method(cfg, 4).to(dev).eval()  # eval: no latent noise or dropout
-        opts = make_optimizers(method, cfg.optim, fused=True)
+        opts = method.configure_optimizers(cfg.optim, fused=True)
         model = compile_module(method, cfg.runtime, dev) if compiled else method
-        out = [optimisation_step(model, opts, src, tgt, dev, "none", cudagraphs=compiled)["total"].item()
-               for _ in range(3)]
+        out = [optimisation_step(method, opts, src, tgt, dev, "none", cudagraphs=compiled,
+                                 forward=model)["total"].item() for _ in range(3)]
         losses.append(out)
     assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-3)
 

@@ -4,6 +4,11 @@ A run is described by a :class:`Config`. Method presets (``udavae++``, ``noadapt
 profiles (``paper``, ``cpu``, ``tiny``) are dictionaries of dotted overrides applied on top of the
 defaults, so every published row can be re-run and every value can still be changed from the command
 line with ``key=value``.
+
+The method section is generic here: :class:`MethodConfig` holds the method's ``name`` and ``kind`` only.
+Each method declares its own options (loss weights, switches) as a dataclass sub-class of it in its own
+module and registers it (:func:`register_method_options`, called by :mod:`udavae.methods`), so this
+module knows no method's internals and ``method.<option>=value`` keys address the chosen kind's options.
 """
 
 from __future__ import annotations
@@ -12,9 +17,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from udavae.dotted import coerce as _coerce
+from udavae.dotted import flatten, parse_overrides  # noqa: F401  (re-exported: ``from udavae.config import ...``)
+from udavae.dotted import has_path as _has_key
+from udavae.dotted import set_path as _set_path
+
 WIRINGS = ("skip", "concat")
 MEAN_HEADS = ("gate", "conv")
-METHOD_KINDS = ("noadapt", "vae", "cfd")
+#: Reference distributions of the SMIE prior critic. Kept here only because ``udavae.models.smie`` imports it;
+#: the option itself is ``udavae.methods.vae.VAEOptions.prior``.
 PRIORS = ("uniform", "normal")
 TARGET_POOLS = ("transductive", "inductive")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -45,58 +56,55 @@ class ModelConfig:
 
 
 @dataclass
-class LossWeights:
-    """Weights of the total objective, defaults = the authors' code (REFERENCE_SPEC s3.2).
-
-    Mapping to the deck's eq. (12) (divide by ``seg``): c1 = recon/seg = 1e-2 (BCE), the KL gets
-    kl/seg = 1e-3 (the deck says c1), c2 = 1 (source segmentation only), c3 = mi/seg = 1e-1, and the
-    distance weights play c4 (deck 1e-5; code 1e-6 / 1e-6 / 1e-7 relative).
-    """
-
-    seg: float = 1000.0
-    recon: float = 10.0
-    kl: float = 1.0
-    dist: tuple[float, float, float] = (1e-3, 1e-3, 1e-4)  # full, 1/2, 1/4 scale
-    mi: float = 100.0
-    cf: float = 1e-5
-    mean_match: float = 1e3
-
-
-@dataclass
 class MethodConfig:
-    """Which UDA method and which of its parts are on.
+    """Which UDA method is trained: its name and kind, and (in sub-classes) its options.
+
+    This class knows nothing of any method. Each method kind declares its options as a dataclass
+    sub-class of this one in its own module (``udavae.methods.vae.VAEOptions``...) and registers it with
+    :func:`register_method_options` (``udavae.methods`` does so on import); ``Config.method`` holds an
+    instance of the sub-class of its kind, so ``method.<option>`` keys are that dataclass's fields.
 
     Attributes:
         name: preset name recorded for reports (``udavae++``, ``noadapt``...).
-        kind: ``noadapt`` (source segmentation only), ``vae`` (UDA-VAE family: reconstruction, KL,
-            Gaussian-kernel distance, optional SMIE) or ``cfd`` (CFDNet: characteristic-function distance).
-        mi_global / mi_local / mi_prior: SMIE estimators switched on (all off = no MI critics).
-        mi_alpha / mi_beta / mi_gamma: weights of the global, local and prior estimates (0.5 / 1.0 / 0.1).
-        prior: reference distribution of the prior critic, ``uniform`` (code) or ``normal`` (deck).
-        dist_pool: average-pooling window applied to mu / var before the Gaussian distance (4).
-        cf_band: band T of the characteristic-function distance.
-        cf_pool: average-pooling window on the full-scale latent before the CF distance (20).
-        weights: loss weights.
+        kind: the method that trains, a kind registered in ``udavae.methods.METHODS`` (``vae``...); its
+            options dataclass says which other ``method.*`` keys exist.
     """
 
     name: str = "udavae++"
     kind: str = "vae"
-    mi_global: bool = True
-    mi_local: bool = True
-    mi_prior: bool = True
-    mi_alpha: float = 0.5
-    mi_beta: float = 1.0
-    mi_gamma: float = 0.1
-    prior: str = "uniform"
-    dist_pool: int = 4
-    cf_band: float = 100.0
-    cf_pool: int = 20
-    weights: LossWeights = field(default_factory=LossWeights)
 
-    @property
-    def uses_mi(self) -> bool:
-        """Whether any SMIE estimator is on (then a second optimiser trains the critics)."""
-        return self.kind == "vae" and (self.mi_global or self.mi_local or self.mi_prior)
+    def validate(self, cfg: Config) -> None:
+        """Raise ``ValueError`` on options inconsistent with ``cfg``; sub-classes add their checks."""
+
+
+#: Method kind -> its options dataclass, filled by :func:`register_method_options`.
+_METHOD_OPTIONS: dict[str, type[MethodConfig]] = {}
+
+
+def register_method_options(kind: str, options: type[MethodConfig]) -> None:
+    """Declare ``options`` (a :class:`MethodConfig` dataclass sub-class) as the options of method ``kind``."""
+    if not (isinstance(options, type) and issubclass(options, MethodConfig) and dataclasses.is_dataclass(options)):
+        raise TypeError(f"options of method kind {kind!r} must be a dataclass sub-class of MethodConfig")
+    _METHOD_OPTIONS[kind] = options
+
+
+def method_kinds() -> tuple[str, ...]:
+    """The registered method kinds (after ``import udavae.methods``)."""
+    return tuple(_METHOD_OPTIONS)
+
+
+def method_options(kind: str) -> type[MethodConfig]:
+    """The options dataclass of method ``kind``; ``ValueError`` naming the registered kinds if unknown."""
+    if kind not in _METHOD_OPTIONS:
+        known = ", ".join(_METHOD_OPTIONS) or "none registered (import udavae.methods first)"
+        raise ValueError(f"method.kind={kind!r} is not one of {known}")
+    return _METHOD_OPTIONS[kind]
+
+
+def _default_method() -> MethodConfig:
+    """The default method's options (the generic part only while no method kind is registered)."""
+    kind = MethodConfig.kind
+    return _METHOD_OPTIONS[kind]() if kind in _METHOD_OPTIONS else MethodConfig()
 
 
 @dataclass
@@ -138,7 +146,16 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimisation schedule (paper: Adam 1e-4, x0.9 per epoch, wd 1e-5, batch 12, 30 epochs)."""
+    """Optimisation schedule (paper: Adam 1e-4, x0.9 per epoch, wd 1e-5, batch 12, 30 epochs).
+
+    Attributes:
+        lr: base learning rate of the method's optimisers (a method may give an optimiser its own rate).
+        lr_decay: factor applied to every learning rate once per epoch (lr = base lr * lr_decay**epoch).
+        weight_decay: Adam's coupled L2 weight decay.
+        batch_size: slices per domain per step (per process under torchrun).
+        epochs: number of epochs.
+        iters_per_epoch: training steps per epoch (the shorter domain's crops are cycled).
+    """
 
     lr: float = 1e-4
     lr_decay: float = 0.9
@@ -186,10 +203,15 @@ class RuntimeConfig:
 
 @dataclass
 class Config:
-    """Everything that defines a training run."""
+    """Everything that defines a training run.
+
+    Attributes:
+        preset: the method preset the run was built from (``udavae.methods.presets``).
+        profile: the compute profile the run was built from (``paper``, ``cpu``, ``tiny``).
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=_default_method)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -202,18 +224,25 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        """Rebuild from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
+        """Rebuild from :meth:`to_dict` output; unknown keys raise ``ValueError``.
+
+        Files written before the options moved into the methods list every kind's options under
+        ``method``; the ones of other kinds are accepted and ignored, as :func:`apply_overrides` does.
+        """
         cfg = cls()
         apply_overrides(cfg, flatten(d))
         return cfg
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a precise message on an inconsistent configuration."""
+        _resolve_method(self)
         m, me, da, op = self.model, self.method, self.data, self.optim
         _choice("model.wiring", m.wiring, WIRINGS)
         _choice("model.mean_head", m.mean_head, MEAN_HEADS)
-        _choice("method.kind", me.kind, METHOD_KINDS)
-        _choice("method.prior", me.prior, PRIORS)
+        if type(me) is not method_options(me.kind):
+            raise ValueError(f"method options are {type(me).__name__}, not those of method.kind={me.kind!r} "
+                             f"({method_options(me.kind).__name__}): change the kind with a method.kind override "
+                             "(apply_overrides), which swaps the options")
         _choice("data.target_pool", da.target_pool, TARGET_POOLS)
         _choice("runtime.amp", self.runtime.amp, AMP_MODES)
         if self.runtime.amp == "fp16":
@@ -233,10 +262,6 @@ class Config:
         stride = 2 ** (m.depth - 1)
         if da.crop % stride:
             raise ValueError(f"data.crop={da.crop} must be divisible by the network stride {stride}")
-        if me.kind == "vae" and da.crop % (4 * me.dist_pool):
-            raise ValueError(
-                f"data.crop={da.crop} must be divisible by 4*method.dist_pool={4 * me.dist_pool}"
-            )
         if da.size and da.crop > da.size:
             raise ValueError(f"data.crop={da.crop} is larger than data.size={da.size}")
         if da.zoom < 0:
@@ -252,8 +277,7 @@ class Config:
                 raise ValueError(f"optim.{name} must be >= 1, got {getattr(op, name)}")
         if op.lr <= 0:
             raise ValueError(f"optim.lr must be > 0, got {op.lr}")
-        if len(me.weights.dist) != 3:
-            raise ValueError("method.weights.dist needs three values (full, 1/2, 1/4 scale)")
+        me.validate(self)
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -269,53 +293,13 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> ``{"a.b": value}``."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _coerce(key: str, current: Any, value: Any) -> Any:
-    """Convert ``value`` (possibly a CLI string) to the type of ``current``."""
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-        s = str(value).strip().lower()
-        if s in ("1", "true", "yes", "on"):
-            return True
-        if s in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{key}: expected a boolean (true/false, yes/no, on/off, 1/0), got {value!r}")
-    if isinstance(current, tuple):
-        items = value.split(",") if isinstance(value, str) else list(value)
-        if len(items) != len(current):
-            raise ValueError(f"{key}: expected {len(current)} comma-separated values, got {value!r}")
-        return tuple(_coerce(key, c, v) for c, v in zip(current, items))
-    try:
-        if isinstance(current, int):
-            f = float(value)
-            if f != int(f):
-                raise ValueError
-            return int(f)
-        if isinstance(current, float):
-            return float(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: int(float('inf'))
-        kind = "an integer" if isinstance(current, int) else "a number"
-        raise ValueError(f"{key}: expected {kind}, got {value!r}") from None
-    return str(value)
-
-
-def _unknown_key(key: str) -> ValueError:
+def _unknown_key(key: str, cfg: Config | None = None) -> ValueError:
     """The error for a key no dataclass has, with the nearest known keys as a hint."""
     import difflib
 
-    close = difflib.get_close_matches(key, flatten(Config().to_dict()), n=3)
+    known = list(flatten((cfg or Config()).to_dict()))
+    known += [k for k in _other_kinds_keys(cfg.method.kind if cfg else "") if k not in known]
+    close = difflib.get_close_matches(key, known, n=3)
     hint = ""
     if len(close) == 1:
         hint = f"; did you mean {close[0]!r}?"
@@ -324,28 +308,59 @@ def _unknown_key(key: str) -> ValueError:
     return ValueError(f"unknown config key {key!r}{hint} (`udavae config show` lists every key)")
 
 
-def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """Set dotted keys (``"model.base_width": 16``) in place, type-checked against the defaults."""
-    for key, value in overrides.items():
-        parts = key.split(".")
-        obj: Any = cfg
-        for p in parts[:-1]:
-            if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
-                raise _unknown_key(key)
-            obj = getattr(obj, p)
-        leaf = parts[-1]
-        if not dataclasses.is_dataclass(obj) or leaf not in {f.name for f in dataclasses.fields(obj)}:
-            raise _unknown_key(key)
-        setattr(obj, leaf, _coerce(key, getattr(obj, leaf), value))
-    return cfg
-
-
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    """Parse CLI ``key=value`` items."""
-    out: dict[str, str] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
+def _other_kinds_keys(kind: str) -> dict[str, Any]:
+    """``method.*`` option keys of the registered kinds other than ``kind``, each with a default value."""
+    out: dict[str, Any] = {}
+    for k, options in _METHOD_OPTIONS.items():
+        for key, default in flatten(dataclasses.asdict(options()), "method.").items():
+            if k != kind and key not in ("method.name", "method.kind"):
+                out.setdefault(key, default)
     return out
+
+
+def _resolve_method(cfg: Config) -> None:
+    """Give a generic ``MethodConfig`` (built before its kind was registered) its kind's options class."""
+    if type(cfg.method) is MethodConfig and cfg.method.kind in _METHOD_OPTIONS:
+        cfg.method = _METHOD_OPTIONS[cfg.method.kind](name=cfg.method.name)
+
+
+def _set_method_kind(cfg: Config, value: Any) -> None:
+    """Switch ``cfg.method`` to the options of kind ``value``, keeping every key both kinds have.
+
+    Setting the kind it already has changes nothing; a new kind starts from its options' defaults, then
+    takes the values of the keys it shares with the old options (``name``, ``weights.seg``...), as one flat
+    ``method.*`` namespace did before the options moved into the methods.
+    """
+    options = method_options(str(value))
+    old = cfg.method
+    if type(old) is options:
+        return
+    new = options()
+    for key, kept in flatten(dataclasses.asdict(old), "method.").items():
+        if key != "method.kind" and _has_key(new, key.split(".")[1:]):
+            _set_path(new, key.split(".")[1:], key, kept)
+    cfg.method = new
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Set dotted keys (``"model.base_width": 16``) in place, type-checked against the current values.
+
+    ``method.kind`` is applied first and swaps ``cfg.method`` for that kind's options (see
+    :func:`_set_method_kind`); ``method.<option>`` keys then address its fields. A ``method.*`` key that
+    is an option of another registered kind only is type-checked and ignored: it has no effect on this
+    kind, as before the options moved into the methods, and old ``config.yaml`` files list every kind's
+    options. Any other unknown key raises ``ValueError``.
+    """
+    _resolve_method(cfg)
+    items = sorted(overrides.items(), key=lambda kv: kv[0] != "method.kind")  # stable: the rest keep their order
+    for key, value in items:
+        parts = key.split(".")
+        if key == "method.kind":
+            _set_method_kind(cfg, value)
+        elif _has_key(cfg, parts):
+            _set_path(cfg, parts, key, value)
+        elif key in (foreign := _other_kinds_keys(cfg.method.kind)):
+            _coerce(key, foreign[key], value)  # still a clear error for a malformed value, then ignored
+        else:
+            raise _unknown_key(key, cfg)
+    return cfg

@@ -3,7 +3,8 @@
 A run's configuration is defaults <- profile <- preset <- overrides (:func:`udavae.methods.presets.build_config`).
 This command prints, for a preset and profile, every dotted key with its type, its resolved value, which of
 those layers set it, and a one-line description taken from the ``Attributes:`` sections of the dataclass
-docstrings in :mod:`udavae.config` (so the help cannot drift from the code). ``--yaml`` prints the resolved
+docstrings in :mod:`udavae.config` and, for ``method.*``, of the chosen kind's options dataclass in its method
+module (so the help cannot drift from the code). ``--yaml`` prints the resolved
 configuration as ``train`` writes it to ``RUN/config.yaml``.
 """
 
@@ -87,7 +88,9 @@ def _type_name(annotation: Any) -> str:
 
 def _walk(obj: Any, prefix: str = "") -> Iterator[tuple[str, str, Any, str]]:
     """(dotted key, type, value, description) of every leaf field of a dataclass tree, in field order."""
-    docs = attribute_docs(type(obj))
+    docs: dict[str, str] = {}
+    for cls in reversed(type(obj).__mro__):  # a sub-class's entries win over its bases'
+        docs.update(attribute_docs(cls))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):

@@ -78,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate_and_report(run_dir: Path) -> dict:
     """Evaluate the best checkpoint on the target test split and write the report figures."""
-    from udavae.cli.eval_cmd import evaluate_run
+    from udavae.engine.model_folder import open_model
+    from udavae.evaluation.run import evaluate_run
     from udavae.reports.figures import make_report
 
-    summary, _ = evaluate_run(run_dir, split="test", verbose=False)
+    summary, _ = evaluate_run(open_model(run_dir), split="test", verbose=False)
     make_report(run_dir, run_dir / "report")
     return summary

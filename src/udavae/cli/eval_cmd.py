@@ -90,91 +90,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report)
 
 
-def _load(run: str | Path, checkpoint: str, device_name: str, batch_size: int, amp: str | None = None):
-    """Load a model folder and a predictor for it (``amp`` None: the precision the model trained in)."""
-    from udavae.engine.inference import Predictor
-    from udavae.engine.model_folder import load_trained
+def _load(run: str | Path, checkpoint: str, device_name: str, batch_size: int, amp: str | None = None):  # noqa: ANN202
+    """Load a model folder and a predictor for it (``amp`` None: the precision the model trained in).
+
+    Returns a :class:`udavae.engine.model_folder.TrainedModel`; warns on stderr when ``amp`` would be emulated.
+    """
+    from udavae.engine.model_folder import open_model
     from udavae.engine.runtime import resolve_device, slow_amp_warning
 
     device = resolve_device(device_name)
-    cfg, info, method, state = load_trained(run, checkpoint, device)
-    warning = slow_amp_warning(device, amp or cfg.runtime.amp)
+    model = open_model(run, checkpoint, device, batch_size, amp)
+    warning = slow_amp_warning(device, amp or model.config.runtime.amp)
     if warning:
         print(f"{warning} (for inference: --amp none)", file=sys.stderr)
-    predictor = Predictor(method.net, info.preprocessing, device, batch_size=batch_size,
-                          amp=amp or cfg.runtime.amp)
-    return cfg, info, method, state, predictor
+    return model
 
 
 def evaluate_run(run: str | Path, split: str = "test", checkpoint: str = "best", domain: str | None = None,
                  dataset: str | None = None, out: str | Path | None = None, device: str = "auto",
                  batch_size: int = 16, save_masks: bool = False, verbose: bool = True,
                  amp: str | None = None, postprocess: bool = True) -> tuple[dict, Path]:
-    """Evaluate a model folder on a split; write metrics.csv / summary.json; return (summary, folder).
+    """Deprecated path-based form, kept for one release: load ``run`` and call
+    :func:`udavae.evaluation.run.evaluate_run` (use that with ``udavae.engine.model_folder.open_model``)."""
+    from udavae.evaluation.run import evaluate_run as evaluate_model
 
-    With ``postprocess`` the decision stored for ``checkpoint`` (if any) is applied and the summary also holds
-    the raw masks' figures under ``"raw"``.
-    """
-    from udavae.data.nifti import save_like
-    from udavae.data.spec import DatasetSpec
-    from udavae.data.volumes import load_cases
-    from udavae.engine.model_folder import load_postprocessing
-    from udavae.evaluation.evaluate import evaluate_cases, summary_of, write_metrics_csv, write_summary
-    from udavae.fileio import ensure_writable_dir
-
-    cfg, info, method, state, predictor = _load(run, checkpoint, device, batch_size, amp)
-    spec = DatasetSpec.load(dataset or info.dataset_path)
-    domain = domain or info.target
-    cases = spec.split(domain, split)
-    unlabelled = [c.id for c in cases if c.label is None]
-    if unlabelled:
-        raise DataError(f"cannot evaluate {domain}/{split}: cases without labels {unlabelled}")
-    pp = load_postprocessing(run, checkpoint) if postprocess else None
-    out = ensure_writable_dir(Path(out) if out else Path(run) / "eval" / f"{domain}_{split}_{checkpoint}")
-    loaded = load_cases(spec, cases, info.preprocessing, with_labels=True, desc=f"loading {domain}/{split}")
-    on_pred = None
-    if save_masks:
-        ensure_writable_dir(out / "masks")
-
-        def on_pred(case, classes):  # noqa: ANN001
-            save_like(info.labels.to_codes(classes), case.reference, out / "masks" / f"{case.id}.nii.gz")
-
-    rows, raw_rows = evaluate_cases(predictor, loaded, info.labels.class_names, on_pred, pp)
-    summary = summary_of(rows, {
-        "run": str(Path(run).resolve()), "method": cfg.method.name, "checkpoint": checkpoint,
-        "epoch": state.get("epoch"), "domain": domain, "split": split, "n_cases": len(loaded),
-        "seed": cfg.runtime.seed, "postprocessing": pp.to_dict() if pp else None,
-    })
-    if raw_rows is not rows:
-        summary["raw"] = summary_of(raw_rows)
-        write_metrics_csv(out / "metrics_raw.csv", raw_rows)
-    write_metrics_csv(out / "metrics.csv", rows)
-    write_summary(out / "summary.json", summary)
-    if verbose:
-        _print_evaluation(summary, cfg.method.name, list(info.labels.class_names.values()), pp, out)
-    return summary, out
-
-
-def _print_evaluation(summary: dict, method: str, names: list[str], pp, out: Path) -> None:  # noqa: ANN001
-    """The evaluation tables (raw and post-processed rows when they differ) and notes."""
-    from udavae.evaluation.evaluate import format_table
-
-    raw = summary.get("raw")
-    rows = {f"{method} raw": raw, f"{method} post": summary} if raw else {method: summary}
-    where = f"{summary['domain']}/{summary['split']} ({summary['n_cases']} cases, {summary['checkpoint']} checkpoint)"
-    print(format_table(rows, names, "dice", title=f"Dice % on {where}"))
-    for metric, title in (("assd", "ASSD (mm)"), ("hd95", "HD95 (mm)"), ("hd", "HD (mm)")):
-        print(format_table(rows, names, metric, title=title))
-    print(pp.describe() if pp else "post-processing: none applied (none decided for this checkpoint, or "
-          "--no-postprocess)")
-    for s, n in summary["missed_structures"].items():
-        print(f"note: {s} present but not predicted in {n} case(s): Dice 0, distances NaN (excluded from means)")
-    print(f"wrote {out / 'metrics.csv'}" + (", metrics_raw.csv" if "raw" in summary else "") + " and summary.json")
+    model = _load(run, checkpoint, device, batch_size, amp)
+    return evaluate_model(model, split, domain, dataset, out, save_masks, verbose, postprocess)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    evaluate_run(args.run, args.split, args.checkpoint, args.domain, args.dataset, args.out, args.device,
-                 args.batch_size, args.save_masks, amp=args.amp, postprocess=not args.no_postprocess)
+    """``udavae evaluate``: load the model folder (engine), evaluate it (:mod:`udavae.evaluation.run`)."""
+    from udavae.evaluation.run import evaluate_run as evaluate_model
+
+    model = _load(args.run, args.checkpoint, args.device, args.batch_size, args.amp)
+    evaluate_model(model, args.split, args.domain, args.dataset, args.out, args.save_masks,
+                   postprocess=not args.no_postprocess)
     return 0
 
 
@@ -292,8 +242,8 @@ def run_predict(args: argparse.Namespace) -> int:
     files = _input_files(inp)
     plan = _output_plan(files, out)
     _check_plan(inp, plan, out, args.samples)
-    cfg, info, method, state, predictor = _load(args.run, args.checkpoint, args.device, args.batch_size,
-                                                args.amp)
+    model = _load(args.run, args.checkpoint, args.device, args.batch_size, args.amp)
+    info, predictor = model.info, model.predictor
     bad = _find_bad_inputs(files, info.preprocessing)
     good = [f for f in files if f not in bad]
     if bad and not (args.skip_bad and good):

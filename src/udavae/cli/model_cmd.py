@@ -1,4 +1,7 @@
-"""``udavae model info``: parameter and FLOP counts of a preset (REFERENCE_SPEC s9)."""
+"""``udavae model info``: parameter and FLOP counts of a preset.
+
+See docs/implementation-notes.md, section 12 (#complexity).
+"""
 
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ def _fmt_flops(n: int) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from udavae.models.complexity import measure  # torch import only when the command runs
+    from udavae.methods.complexity import measure  # torch import only when the command runs
 
     overrides: dict[str, Any] = dict(parse_overrides(args.overrides))
     if args.crop is not None:
@@ -68,8 +71,6 @@ def _info(args: argparse.Namespace) -> int:
     cfg = build_config(args.preset, args.profile, overrides)
     c = measure(cfg, args.classes, infer_size=args.infer_size, device=args.device)
     m, me = cfg.model, cfg.method
-    smie = "+".join(n for n, on in (("global", me.mi_global), ("local", me.mi_local), ("prior", me.mi_prior))
-                    if on) if me.uses_mi else "off"
     crops = f"{c.batch} source + {c.batch} target" if c.uses_target else f"{c.batch} source"
     rows = [
         ("segmentation network", _fmt_params(c.net_params)),
@@ -81,7 +82,7 @@ def _info(args: argparse.Namespace) -> int:
     ]
     print(f"preset {args.preset} (profile {args.profile}): kind={me.kind} wiring={m.wiring} "
           f"mean_head={m.mean_head} base_width={m.base_width} depth={m.depth} classes={args.classes} "
-          f"SMIE={smie}")
+          f"{me.describe()}")  # type: ignore[attr-defined]  (udavae.methods.base.MethodOptions)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")

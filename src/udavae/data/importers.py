@@ -258,22 +258,35 @@ def import_mscmrseg(src: str | Path, out: str | Path, link: bool = False) -> Dat
         out: output dataset folder.
         link: symlink the files instead of copying them.
 
-    Splits follow the published protocol: all C0 cases train (source); LGE patients 1-5 are ``val``
-    and 6-45 ``test`` (target labels are never used for training).
+    Splits serve both directions of the deck's tables:
+
+    - bSSFP (C0) -> LGE, the published protocol: C0 ``train`` = all 35 cases (the source); LGE patients 1-5
+      are ``val`` (model selection) and 6-45 ``test``.
+    - LGE -> bSSFP (C0): LGE has no ``train`` split, so all 45 labelled LGE cases are the source; C0 patients
+      1-5 are ``val`` and 6-35 ``test``, by the same rule (the first five patients select the model).
+
+    Target labels are never used for training in either direction.
     """
     src = Path(src)
     root = _mscmrseg_root(src)
     domains = {seq: _mscmrseg_domain(root / seq, seq) for seq in ("C0", "LGE")}
+
+    def number(case_id: str) -> int:
+        return int(case_id[len("patient"):])
+
+    c0_ids = [case_id for case_id, _, _ in domains["C0"]]
     lge_ids = [case_id for case_id, _, _ in domains["LGE"]]
     splits = {
-        "C0": {"train": [case_id for case_id, _, _ in domains["C0"]]},
-        "LGE": {"val": [i for i in lge_ids if int(i[7:]) <= 5], "test": [i for i in lge_ids if int(i[7:]) > 5]},
+        "C0": {"train": c0_ids, "val": [i for i in c0_ids if number(i) <= 5],
+               "test": [i for i in c0_ids if number(i) > 5]},
+        "LGE": {"val": [i for i in lge_ids if number(i) <= 5], "test": [i for i in lge_ids if number(i) > 5]},
     }
     plan = _Plan(
         name="mscmrseg", labels=LabelMap(dict(MSCMRSEG_LABELS)), domains=domains, splits=splits,
         preprocessing=Preprocessing(intensity="percentile", size=(192, 192)),
         description="MS-CMRSeg 2019 (Zhuang, TPAMI 2019), Patch192 crops published with Wu & Zhuang, "
-                    "IEEE TMI 2021. Source C0 (bSSFP), target LGE: val patients 1-5, test 6-45.",
+                    "IEEE TMI 2021. C0 (bSSFP) -> LGE: source all 35 C0 (split 'train'), target LGE val "
+                    "patients 1-5, test 6-45. LGE -> C0: source all 45 LGE, target C0 val patients 1-5, test 6-35.",
     )
     return _write(plan, root, out, link)
 

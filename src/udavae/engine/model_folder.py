@@ -23,6 +23,7 @@ import torch
 import yaml
 
 import udavae
+import udavae.methods  # noqa: F401  (registers the method kinds whose options config.yaml holds)
 from udavae.config import Config
 from udavae.data.preprocessing import Preprocessing
 from udavae.data.spec import LabelMap
@@ -122,7 +123,8 @@ def read_model_folder(run: str | Path) -> tuple[Config, ModelInfo]:
     return cfg, info
 
 
-def load_trained(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
+def load_trained(run: str | Path, checkpoint: str = "best",
+                 device: str | torch.device = "cpu") -> tuple[Config, ModelInfo, udavae.methods.UDAMethod, dict]:
     """Rebuild the trained method of a model folder, weights loaded, in eval mode.
 
     Returns:
@@ -167,3 +169,55 @@ def load_postprocessing(run: str | Path, checkpoint: str) -> PostProcessing | No
         return PostProcessing.from_dict(entry)
     except (TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{path} is corrupt: {exc}") from None
+
+
+@dataclass
+class TrainedModel:
+    """A model folder loaded for inference: what ``evaluate`` (:func:`udavae.evaluation.run.evaluate_run`),
+    ``predict`` and ``report`` use.
+
+    Attributes:
+        run: the model folder, as given.
+        checkpoint: ``best`` or ``last``.
+        config / info: its ``config.yaml`` and ``model.json``.
+        method: the trained method, weights loaded, in eval mode.
+        state: the checkpoint dict (``epoch``...).
+        predictor: whole-volume inference with the method's network.
+    """
+
+    run: Path
+    checkpoint: str
+    config: Config
+    info: ModelInfo
+    method: torch.nn.Module
+    state: dict[str, Any]
+    predictor: Any
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch the checkpoint was saved after (None if it does not say)."""
+        return self.state.get("epoch")
+
+    def postprocessing(self) -> PostProcessing | None:
+        """The post-processing decided for this checkpoint (None if none was)."""
+        return load_postprocessing(self.run, self.checkpoint)
+
+
+def open_model(run: str | Path, checkpoint: str = "best", device: str | torch.device = "auto", batch_size: int = 16,
+               amp: str | None = None) -> TrainedModel:
+    """Load a model folder and a predictor for it (``amp`` None: the precision the model trained in).
+
+    Args:
+        run: the model folder.
+        checkpoint: ``best`` or ``last``.
+        device: ``auto``, ``cpu``, ``cuda``... or a ``torch.device``.
+        batch_size: slices per forward pass.
+        amp: ``none``, ``bf16`` or ``fp16`` for inference; None: the model's ``runtime.amp``.
+    """
+    from udavae.engine.inference import Predictor
+    from udavae.engine.runtime import resolve_device
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    cfg, info, method, state = load_trained(run, checkpoint, dev)
+    predictor = Predictor(method.net, info.preprocessing, dev, batch_size=batch_size, amp=amp or cfg.runtime.amp)
+    return TrainedModel(Path(run), checkpoint, cfg, info, method, state, predictor)

@@ -1,10 +1,12 @@
 """The one trainer every method plugs into.
 
 Per step: a source batch and a target batch (fixed iterations per epoch, the shorter domain cycled) go
-through the method, which returns named weighted losses; one backward of the total; the critic optimiser
-steps, then the main one (the reference order). Per epoch: lr = lr0 * decay**epoch, validation Dice on
-the target validation split (never the test split), a log row, and an atomic checkpoint holding
-everything needed to resume exactly. The best-on-validation weights are kept separately.
+through the method's own :meth:`~udavae.methods.base.UDAMethod.training_step` with the optimisers of its
+:meth:`~udavae.methods.base.UDAMethod.configure_optimizers` (the default: one backward of the total, the
+critic optimiser steps, then the main one, the published code's order). Per epoch: every param group's
+lr = its base lr * decay**epoch, validation Dice on the target validation split (never the test split), a
+log row, and an atomic checkpoint holding everything needed to resume exactly. The best-on-validation
+weights are kept separately.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from udavae.data.volumes import LoadedCase, SliceStack, load_cases
 from udavae.engine import model_folder as mf
 from udavae.engine.inference import Predictor
 from udavae.engine.runtime import (
-    autocast,
     barrier,
     compile_module,
     configure_backends,
@@ -43,44 +44,11 @@ from udavae.engine.runtime import (
     uses_cudagraphs,
     validation_batch,
 )
+from udavae.engine.step import batch_to_device, load_optimizer_state, optimisation_step, remember_base_lr
 from udavae.errors import DataError, UserError
 from udavae.evaluation.evaluate import validation_dice
 from udavae.fileio import ensure_writable_dir, write_text
-from udavae.methods import build_method, make_optimizers
-
-
-def optimisation_step(model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer], source: dict,
-                      target: dict | None, device: torch.device, amp: str,
-                      cudagraphs: bool = False) -> dict[str, torch.Tensor]:
-    """One training step: the loss terms under autocast, backward of ``total``, every optimiser steps.
-
-    All gradients are computed before any optimiser steps, so the order of the steps does not matter; the
-    critics' step comes first as in the reference. Returns the (not detached) loss terms. The benchmarks
-    time this same function. ``cudagraphs``: the model is compiled with CUDA graphs; each step is marked
-    as a new replay, so the previous step's outputs may be overwritten (read them before the next step).
-    """
-    if cudagraphs:
-        torch.compiler.cudagraph_mark_step_begin()
-    with autocast(device, amp):
-        losses = model(source, target)
-    for opt in optimizers.values():
-        opt.zero_grad(set_to_none=True)
-    losses["total"].backward()
-    for name in sorted(optimizers, key=lambda k: k != "critic"):
-        optimizers[name].step()
-    return losses
-
-
-def batch_to_device(batch: dict[str, list[torch.Tensor]], device: torch.device,
-                    channels_last: bool = False) -> dict[str, list[torch.Tensor]]:
-    """Move a multi-scale batch to ``device`` without a host sync (pinned memory makes it asynchronous)."""
-    out = {}
-    for k, ts in batch.items():
-        moved = [t.to(device, non_blocking=True) for t in ts]
-        if channels_last and k == "image":
-            moved = [t.contiguous(memory_format=torch.channels_last) for t in moved]
-        out[k] = moved
-    return out
+from udavae.methods import build_method
 
 
 class TrainingDiverged(UserError):
@@ -187,7 +155,8 @@ class Trainer:
         self.method = build_method(cfg, self.num_classes).to(self.device)
         if cfg.runtime.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
-        self.optimizers = make_optimizers(self.method, cfg.optim, fused=cfg.runtime.fused_adam)
+        self.optimizers = self.method.configure_optimizers(cfg.optim, fused=cfg.runtime.fused_adam)
+        remember_base_lr(self.optimizers)
         self.model: torch.nn.Module = self.method
         if self.dist.enabled:
             self.model = DDP(self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -222,12 +191,11 @@ class Trainer:
 
     def _load_state(self) -> None:
         state = mf.load_checkpoint(mf.checkpoint_path(self.run, "last"), map_location=self.device)
-        saved, now = state.get("config", {}), self.cfg.to_dict()
-        if any(saved.get(k) != now[k] for k in ("method", "model")):
+        if not _same_method_and_model(state.get("config", {}), self.cfg):
             raise UserError("--resume: the checkpoint was trained with a different method/model configuration")
         self.method.load_state_dict(state["method"])
         for k, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
+            load_optimizer_state(o, state["optimizers"][k])
         self.epoch, self.best_score = state["epoch"], state["best_score"]
         self.best_epoch, self.history = state["best_epoch"], state["history"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
@@ -294,16 +262,24 @@ class Trainer:
         if self.dist.is_main:
             tqdm.write(f"{self.dist.world_size} DDP replicas hold identical weights (checksum {float(checksum):.6g})")
 
-    def _set_lr(self) -> float:
-        lr = self.cfg.optim.lr * self.cfg.optim.lr_decay ** self.epoch
-        for opt in self.optimizers.values():
-            for g in opt.param_groups:
-                g["lr"] = lr
-        return lr
+    def _set_lr(self) -> dict[str, float]:
+        """Every param group's lr = its base lr * decay**epoch; returns the log's lr entries.
+
+        ``lr`` is the first group's of the first optimiser (``main``); another group's rate is logged as
+        ``lr/<optimiser>`` (``lr/<optimiser>/<group>`` beyond its first group) only where it differs.
+        """
+        factor = self.cfg.optim.lr_decay ** self.epoch
+        rates: dict[str, float] = {}
+        for name, opt in self.optimizers.items():
+            for i, g in enumerate(opt.param_groups):
+                g["lr"] = g["base_lr"] * factor
+                rates[name if i == 0 else f"{name}/{i}"] = g["lr"]
+        first = next(iter(rates.values()))
+        return {"lr": first, **{f"lr/{k}": v for k, v in rates.items() if v != first}}
 
     def _train_epoch(self) -> dict[str, float]:
         cfg, d = self.cfg, self.cfg.data
-        lr = self._set_lr()
+        rates = self._set_lr()
         iters, bs = cfg.optim.iters_per_epoch, cfg.optim.batch_size
         start = self.epoch * iters
         rank, world = self.dist.rank, self.dist.world_size
@@ -324,8 +300,8 @@ class Trainer:
                 os._exit(137)
             src = batch_to_device(next(src_it), self.device, cl)
             tgt = batch_to_device(next(tgt_it), self.device, cl) if tgt_it is not None else None
-            losses = optimisation_step(self.model, self.optimizers, src, tgt, self.device, cfg.runtime.amp,
-                                       self.cudagraphs)
+            losses = optimisation_step(self.method, self.optimizers, src, tgt, self.device, cfg.runtime.amp,
+                                       self.cudagraphs, forward=self.model, step=start + it)
             for k, v in losses.items():  # new tensors: a CUDA-graph replay may overwrite ``losses``
                 v = v.detach().float()
                 sums[k] = sums[k] + v if k in sums else v.clone()
@@ -336,7 +312,7 @@ class Trainer:
         elapsed = time.time() - t0
         stats = {f"loss/{k}": float(v) / iters for k, v in sums.items()}
         images = iters * bs * world * (2 if needs_target else 1)
-        stats.update({"lr": lr, "train_time_s": elapsed, "images_per_s": images / elapsed})
+        stats.update({**rates, "train_time_s": elapsed, "images_per_s": images / elapsed})
         return stats
 
     def _check_finite(self, finite: torch.Tensor, step: int) -> None:
@@ -383,6 +359,20 @@ class Trainer:
         write_text(self.run / "log.csv", "\n".join(lines) + "\n")
 
 
+def _same_method_and_model(saved: dict[str, Any], cfg: Config) -> bool:
+    """Whether a checkpoint's config has ``cfg``'s method and model sections.
+
+    The saved config is read back through :meth:`Config.from_dict` first, so a checkpoint written before the
+    method options moved into the methods (every kind's options listed) compares equal to its run.
+    """
+    try:
+        saved_cfg = Config.from_dict(saved)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    now, then = cfg.to_dict(), saved_cfg.to_dict()
+    return all(then[k] == now[k] for k in ("method", "model"))
+
+
 def _main_terms(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Loss sums grouped by family (``seg_full`` + ``seg_half`` ... -> ``seg``) for the progress bar."""
     groups: dict[str, torch.Tensor] = {"total": sums["total"]}
@@ -406,5 +396,5 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
     return Trainer(cfg, run, resume).fit()
 
 
-__all__ = ["Trainer", "TrainingDiverged", "batch_to_device", "optimisation_step", "prepare_data",
-           "run_preprocessing", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "batch_to_device", "load_optimizer_state", "optimisation_step",
+           "prepare_data", "remember_base_lr", "run_preprocessing", "train"]

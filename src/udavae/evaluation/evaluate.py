@@ -1,6 +1,8 @@
 """Evaluating a network on cases of a split, per patient and per structure, at native resolution.
 
-Used both for per-epoch validation (Dice only, fast) and for ``udavae evaluate`` (all metrics).
+Used both for per-epoch validation (Dice only, fast) and for ``udavae evaluate`` (all metrics, see
+:mod:`udavae.evaluation.run`). The network comes in as any object with ``predict`` (:class:`Segmenter`; the
+engine's ``Predictor`` is one), so this layer does not depend on the engine.
 """
 
 from __future__ import annotations
@@ -10,31 +12,46 @@ import io
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
+from udavae.data.preprocessing import Geometry
 from udavae.data.volumes import LoadedCase
-from udavae.engine.inference import Predictor
 from udavae.evaluation.metrics import METRIC_NAMES, dice_per_class, multiclass_metrics, summarize
 from udavae.evaluation.postprocess import PostProcessing, decide_postprocessing
 from udavae.fileio import atomic_write, write_json
 
 
-def validation_dice(predictor: Predictor, cases: Iterable[LoadedCase], num_classes: int) -> np.ndarray:
+class ClassMap(Protocol):
+    """A prediction: ``classes`` is the class-index volume on the case's native grid (x, y, z)."""
+
+    classes: np.ndarray
+
+
+class Segmenter(Protocol):
+    """Whole-volume segmentation (``udavae.engine.inference.Predictor`` implements it)."""
+
+    def predict(self, slices: torch.Tensor, geom: Geometry, samples: int = 1) -> ClassMap:
+        """Class map of preprocessed slices (z, H, W), returned on the native grid ``geom``."""
+        ...
+
+
+def validation_dice(predictor: Segmenter, cases: Iterable[LoadedCase], num_classes: int) -> np.ndarray:
     """Per-case, per-structure Dice (cases x K-1) at the native resolution."""
     cases = list(cases)
     preds = predict_classes(predictor, cases)
     return np.array([dice_per_class(p, c.native_label, num_classes) for p, c in zip(preds, cases)])  # type: ignore[arg-type]
 
 
-def predict_classes(predictor: Predictor, cases: Iterable[LoadedCase]) -> list[np.ndarray]:
+def predict_classes(predictor: Segmenter, cases: Iterable[LoadedCase]) -> list[np.ndarray]:
     """Predicted class maps (native grid) of ``cases``."""
     return [predictor.predict(case.image, case.geometry).classes for case in cases]
 
 
-def decide_for_cases(predictor: Predictor, cases: list[LoadedCase], class_names: dict[int, str],
+def decide_for_cases(predictor: Segmenter, cases: list[LoadedCase], class_names: dict[int, str],
                      decided_on: str) -> PostProcessing:
     """Decide the post-processing on labelled (validation) cases; see :mod:`udavae.evaluation.postprocess`."""
     labels = [case.native_label for case in cases]
@@ -43,7 +60,7 @@ def decide_for_cases(predictor: Predictor, cases: list[LoadedCase], class_names:
     return decide_postprocessing(predict_classes(predictor, cases), labels, class_names, decided_on)  # type: ignore[arg-type]
 
 
-def evaluate_cases(predictor: Predictor, cases: list[LoadedCase], class_names: dict[int, str],
+def evaluate_cases(predictor: Segmenter, cases: list[LoadedCase], class_names: dict[int, str],
                    on_prediction: Any = None,
                    postprocessing: PostProcessing | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """All metrics per case and structure, of the raw and of the post-processed predictions.

@@ -1,4 +1,4 @@
-"""CFDNet's characteristic-function distance between two sample sets (REFERENCE_SPEC s6.2).
+"""CFDNet's characteristic-function distance between two sample sets (Wu & Zhuang, IEEE TMI 2020).
 
 For one scalar feature with samples x_1..x_n and y_1..y_m, the integral of |phi_x(t) - phi_y(t)|^2 over
 the band [-T, T] is
@@ -7,8 +7,11 @@ the band [-T, T] is
     g(d) = 2 sin(T d) / d,  g(0) = 2 T  (= 2 T sinc(T d / pi)).
 
 As in CFDNet only the per-channel marginals are compared, and the channels are averaged. Unlike the
-authors' code this is the exact integral (their code drops the factor 2 and divides once more by
-n^2 C, a constant rescaling absorbed by ``LossWeights.cf``).
+authors' code this is the exact integral with its true gradient: their forward drops the factor 2 and
+divides once more by n^2 C, while their hand-written backward leaves that division out (it is the
+gradient of half the channel-averaged integral). The default weight ``LossWeights.cf`` (1e-5) is
+theirs, unadjusted; the default band (100) is their README's, their code uses 1e6. See
+docs/implementation-notes.md, sections 8 (#cfdnet) and 13, D10 (#dev-cfdnet).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gaussian-kernel domain distance between the source and target posteriors (REFERENCE_SPEC s3.4).
+"""Gaussian-kernel domain distance between the source and target posteriors (Wu & Zhuang, IEEE TMI 2021).
 
 With m = AvgPool(mu) and v = AvgPool(exp(logvar)) / pool^2 (the variance of a mean of pool^2
 independent Gaussians), each sample flattened to D dimensions,
@@ -7,7 +7,8 @@ independent Gaussians), each sample flattened to D dimensions,
     D = K(a, a) + K(b, b) - 2 K(a, b)
 
 which is sqrt(2 pi) B^2 times the squared L2 distance between the per-dimension marginals of the two
-batch mixtures (a V-statistic: self pairs included, no 1/B^2). A naive vectorisation keeps B x B x D
+batch mixtures (a V-statistic: self pairs included, no 1/B^2), as the authors' code computes it
+(docs/implementation-notes.md, section 6, #gaussian-distance). A naive vectorisation keeps B x B x D
 tensors for backward (B = 12, D = 102,400 at 160: 59 M floats per intermediate), so the kernel sums
 are computed by a custom autograd function that walks over chunks of rows and accumulates the
 analytic gradient during the forward pass; only four B x D gradient buffers are kept for backward.
@@ -100,7 +101,7 @@ def gaussian_kernel_distance_flat(m_a: Tensor, v_a: Tensor, m_b: Tensor, v_b: Te
 
 def gaussian_kernel_distance(mu_a: Tensor, logvar_a: Tensor, mu_b: Tensor, logvar_b: Tensor,
                              pool: int = 4) -> Tensor:
-    """Gaussian-kernel distance between two batches of B x C x H x W posteriors (exact s3.4 formula).
+    """Gaussian-kernel distance between two batches of B x C x H x W posteriors (the formula above, exactly).
 
     Args:
         mu_a / logvar_a: source posterior mean and log-variance.

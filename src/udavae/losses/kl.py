@@ -1,4 +1,7 @@
-"""KL divergence of the diagonal Gaussian posteriors to N(0, I) (deck eq. 5)."""
+"""KL divergence of the diagonal Gaussian posteriors to N(0, I) (Lu et al., CVPRW 2022, eq. 5).
+
+See docs/implementation-notes.md, section 5.2 (#reconstruction-kl).
+"""
 
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ class _KLMean(torch.autograd.Function):
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
     """Mean over all elements of 1/2 (mu^2 + sigma^2 - log sigma^2 - 1).
 
-    A mean, not a sum over latent dimensions, as the reference code; the KL weight absorbs the scale.
+    A mean, not a sum over latent dimensions, as the authors' code; the KL weight absorbs the scale.
     The sums are taken in float32 (a float32 scalar is returned), so it is safe under autocast; the
     gradient comes back in the inputs' dtype.
     """

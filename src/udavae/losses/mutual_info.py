@@ -1,4 +1,7 @@
-"""Jensen-Shannon mutual-information estimate used by the SMIE critics (REFERENCE_SPEC s2)."""
+"""Jensen-Shannon mutual-information estimate used by the SMIE critics.
+
+Lu et al., CVPRW 2022 (after Hjelm et al., ICLR 2019); docs/implementation-notes.md, section 7.1 (#smie-critics).
+"""
 
 from __future__ import annotations
 

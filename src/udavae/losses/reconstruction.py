@@ -1,4 +1,7 @@
-"""Binary cross-entropy reconstruction loss (deck eq. 6); images are in [0, 1]."""
+"""Binary cross-entropy reconstruction loss (Lu et al., CVPRW 2022, eq. 6); images are in [0, 1].
+
+See docs/implementation-notes.md, sections 4 (#reconstruction) and 5.2 (#reconstruction-kl).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Class-balanced cross-entropy of the source segmentation heads (REFERENCE_SPEC s3.1)."""
+"""Class-balanced cross-entropy of the source segmentation heads.
+
+See docs/implementation-notes.md, section 5.1 (#segmentation-loss).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ __all__ = ["balanced_cross_entropy"]
 def balanced_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """Average, over the classes present in ``target``, of the per-class mean cross-entropy.
 
-    The reference ("BalancedBCELoss") is a softmax CE with weights 1 / (N_c + 1e-6) recomputed from each
+    The authors' code ("BalancedBCELoss") is a softmax CE with weights 1 / (N_c + 1e-6) recomputed from each
     batch's label map; PyTorch's weighted mean makes that equal (up to the 1e-6) to this quantity, which
     is computed exactly here. Classes absent from the batch get no weight; rare classes are strongly
     up-weighted. Vectorised with ``scatter_add`` (no boolean indexing, no host synchronisation).

@@ -1,4 +1,4 @@
-"""CFDNet baseline: characteristic-function distance instead of the Gaussian kernel (REFERENCE_SPEC s6.2).
+"""CFDNet baseline (Wu & Zhuang, IEEE TMI 2020): characteristic-function distance instead of the Gaussian kernel.
 
 Same backbone, decoders, reconstruction, KL and source segmentation terms as the VAE family, plus
 
@@ -8,21 +8,53 @@ Same backbone, decoders, reconstruction, KL and source segmentation terms as the
 
 Deviation: the authors' MS-CMR code uses unconditioned MSE decoders; here the label-conditioned BCE
 decoders of the VAE family are kept (weight ``method.weights.recon``, 1 in the ``cfdnet`` preset) so
-the two baselines differ only in the alignment term.
+the two baselines differ only in the alignment term (docs/implementation-notes.md, "CFDNet" and
+"Deliberate differences from the authors' code").
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from udavae.losses import cf_distance
-from udavae.methods.base import Batch
-from udavae.methods.variational import VariationalMethod
+from udavae.methods.base import Batch, MethodOptions
+from udavae.methods.variational import VariationalMethod, VariationalWeights
 from udavae.models.unet_vae import LATENT_SCALES
 
-__all__ = ["CFDMethod", "pooled_samples"]
+__all__ = ["CFDMethod", "CFDOptions", "CFDWeights", "pooled_samples"]
+
+
+@dataclass
+class CFDWeights(VariationalWeights):
+    """Weights of the CFDNet objective (``recon`` is 1 in the ``cfdnet`` preset).
+
+    Attributes:
+        cf: weight of the characteristic-function distance on the pooled full-scale latent.
+        mean_match: weight of the squared difference of the batch-mean latent samples (each of 3 scales).
+    """
+
+    cf: float = 1e-5
+    mean_match: float = 1e3
+
+
+@dataclass
+class CFDOptions(MethodOptions):
+    """Options of ``method.kind=cfd`` (CFDNet).
+
+    Attributes:
+        cf_band: band T of the characteristic-function distance.
+        cf_pool: average-pooling window on the full-scale latent before the CF distance (20).
+        weights: loss weights.
+    """
+
+    kind: str = "cfd"
+    cf_band: float = 100.0
+    cf_pool: int = 20
+    weights: CFDWeights = field(default_factory=CFDWeights)
 
 
 def pooled_samples(z: Tensor, pool: int) -> Tensor:
@@ -37,10 +69,18 @@ def pooled_samples(z: Tensor, pool: int) -> Tensor:
 class CFDMethod(VariationalMethod):
     """CFDNet (MS-CMR variant) on the shared three-scale variational U-Net."""
 
+    kind = "cfd"
+    Options = CFDOptions
+
+    @property
+    def options(self) -> CFDOptions:
+        """This method's options (``cfg.method``)."""
+        return self.cfg.method  # type: ignore[return-value]
+
     def forward(self, source: Batch, target: Batch | None = None) -> dict[str, Tensor]:
         """Weighted loss terms (``seg_*``, ``recon_*``, ``kl_*``, ``cf``, ``mean_*``) and ``total``."""
         terms, src, tgt = self.common_terms(source, target)
-        me = self.cfg.method
+        me = self.options
         z_s, z_t = src.out.z[0], tgt.out.z[0]
         terms["cf"] = me.weights.cf * cf_distance(pooled_samples(z_s, me.cf_pool),
                                                   pooled_samples(z_t, me.cf_pool), me.cf_band)

@@ -3,7 +3,8 @@
 A preset fixes *what* is trained (architecture variant and loss terms); a profile fixes *how much*
 (width, crop, batch, schedule). ``build_config(preset, profile, overrides)`` combines them.
 
-Ablation rows (deck, bSSFP -> LGE), our reading (REFERENCE_SPEC s1.4, DECISIONS.md):
+Ablation rows (the UDA-VAE++ deck of Lu et al., CVPRW 2022, bSSFP -> LGE), our reading
+(docs/implementation-notes.md, "Presets and the ablation table"):
 
 =================  ======  =========  ======  =====  =====
 preset             wiring  mean head  global  local  prior
@@ -17,9 +18,11 @@ abl-cn-glp         concat  conv       x       x      x     (= udavae++, the head
 abl-full           concat  gate       x       x      x
 =================  ======  =========  ======  =====  =====
 
-``uda-vae`` is the UDA-VAE baseline as its authors' code (VarDA) builds it: skip wiring with the spatial
-gate, no SMIE. ``noadapt`` trains the same segmenter on source labels only. ``cfdnet`` replaces the
-Gaussian-kernel distance with the characteristic-function distance (REFERENCE_SPEC s6.2).
+``uda-vae`` is the UDA-VAE baseline (Wu & Zhuang, IEEE TMI 2021) as its authors' code (VarDA) builds it:
+skip wiring with the spatial gate, no SMIE. ``noadapt`` trains the same segmenter on source labels only.
+``cfdnet`` (Wu & Zhuang, IEEE TMI 2020) replaces the Gaussian-kernel distance with the characteristic-function
+distance. A preset sets ``method.kind`` first, then options of that kind (``method.<option>`` keys are the
+fields of the kind's options dataclass, e.g. :class:`udavae.methods.vae.VAEOptions`).
 """
 
 from __future__ import annotations
@@ -27,8 +30,6 @@ from __future__ import annotations
 from typing import Any
 
 from udavae.config import Config, apply_overrides
-
-_NO_MI = {"method.mi_global": False, "method.mi_local": False, "method.mi_prior": False}
 
 
 def _vae(wiring: str, head: str, g: bool, l: bool, p: bool) -> dict[str, Any]:
@@ -45,13 +46,12 @@ def _vae(wiring: str, head: str, g: bool, l: bool, p: bool) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     "udavae++": _vae("concat", "conv", True, True, True),
     "uda-vae": _vae("skip", "gate", False, False, False),
-    "noadapt": {"method.kind": "noadapt", "model.wiring": "skip", "model.mean_head": "gate", **_NO_MI},
+    "noadapt": {"method.kind": "noadapt", "model.wiring": "skip", "model.mean_head": "gate"},
     "cfdnet": {
         "method.kind": "cfd",
         "model.wiring": "skip",
         "model.mean_head": "gate",
         "method.weights.recon": 1.0,
-        **_NO_MI,
     },
     "abl-base": _vae("skip", "conv", False, False, False),
     "abl-cn": _vae("concat", "conv", False, False, False),

@@ -2,7 +2,8 @@
 
 Six label-conditioned decoders, one per (domain, scale): source decoders see the one-hot ground truth
 of that scale, target decoders the softmax of that scale's logits (not detached, so the reconstruction
-term trains the target segmentation; REFERENCE_SPEC s1.5).
+term trains the target segmentation), as in UDA-VAE (Wu & Zhuang, IEEE TMI 2021) and its published code; see
+docs/implementation-notes.md, "Loss terms and default weights".
 """
 
 from __future__ import annotations
@@ -15,13 +16,26 @@ from torch import Tensor, nn
 
 from udavae.config import Config
 from udavae.losses import kl_divergence, reconstruction_bce
-from udavae.methods.base import Batch, UDAMethod, batch_images, batch_labels, one_hot
+from udavae.methods.base import Batch, SegWeights, UDAMethod, batch_images, batch_labels, one_hot
 from udavae.models.recon import ReconDecoder
 from udavae.models.unet_vae import LATENT_SCALES, VAEOutput
 
-__all__ = ["DomainPass", "VariationalMethod"]
+__all__ = ["DomainPass", "VariationalMethod", "VariationalWeights"]
 
 DOMAINS = ("src", "tgt")
+
+
+@dataclass
+class VariationalWeights(SegWeights):
+    """Loss weights every variational method has (defaults: the published UDA-VAE / UDA-VAE++ code).
+
+    Attributes:
+        recon: weight of each reconstruction BCE term (3 scales x 2 domains).
+        kl: weight of each KL term of the latent samples (3 scales x 2 domains).
+    """
+
+    recon: float = 10.0
+    kl: float = 1.0
 
 
 @dataclass
@@ -66,7 +80,7 @@ class VariationalMethod(UDAMethod):
         fusion head (about 2 GFLOP per step at the paper size).
         """
         if target is None:
-            raise ValueError(f"method kind {self.cfg.method.kind!r} adapts to the target domain: "
+            raise ValueError(f"method kind {self.kind!r} adapts to the target domain: "
                              "it needs a target batch")
         src_img = batch_images(source, "source")
         tgt_img = batch_images(target, "target")
@@ -87,7 +101,7 @@ class VariationalMethod(UDAMethod):
 
     def vae_terms(self, source: Batch, target: Batch, src: DomainPass, tgt: DomainPass) -> dict[str, Tensor]:
         """Weighted BCE reconstruction (on the decoders' logits) and KL terms at the three scales of both domains."""
-        w = self.cfg.method.weights
+        w: VariationalWeights = self.options.weights  # type: ignore[attr-defined]
         terms: dict[str, Tensor] = {}
         for dom, batch, res in (("src", source, src), ("tgt", target, tgt)):
             images = batch["image"]

@@ -1,8 +1,9 @@
-"""Label-conditioned reconstruction decoders (REFERENCE_SPEC s1.5).
+"""Label-conditioned reconstruction decoders (Wu & Zhuang, IEEE TMI 2021; Lu et al., CVPRW 2022).
 
 One decoder per (domain, scale). It reconstructs the image at that scale from the latent sample ``z``
 concatenated with a class map ``y`` (one-hot labels for the source, the softmax prediction for the
-target), which is what makes the reconstruction term train the target segmentation.
+target), which is what makes the reconstruction term train the target segmentation. See
+docs/implementation-notes.md, section 4 (#reconstruction).
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
-"""SMIE: the structural mutual-information estimators of UDA-VAE++ (REFERENCE_SPEC s2).
+"""SMIE: the structural mutual-information estimators of UDA-VAE++ (Lu et al., CVPRW 2022).
 
 Deep-InfoMax style critics between the segmentation logits Y and the reconstructions M of one domain,
-at three scales. Only the layers the reference actually runs are built (its unused ``c0..c2``, ``c4``,
+at three scales. Only the layers the authors' code actually runs are built (its unused ``c0..c2``, ``c4``,
 ``c5`` are left out), and linear sizes are computed from ``crop_size`` instead of being hard-coded for
 160 x 160 (at 160: global FC input 25,600, local FC 6,400 -> 32, prior FC 1,600 -> 256).
 
-The critics and the networks minimise the same loss (the reference's non-adversarial form): both
+The critics and the networks minimise the same loss (the authors' non-adversarial form): both
 maximise the global / local JSD bounds and the prior term E[log D(u)] + E[log(1 - D(Y))].
+See docs/implementation-notes.md, section 7 (#smie) and, for the differences from the authors'
+code, section 13, D1-D4.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _conv_in_relu(cin: int, cout: int) -> nn.Sequential:
 
 
 def _at_half(t: Triple) -> Tensor:
-    """(full, 1/2, 1/4) maps -> cat[up2(1/4), 1/2, maxpool2(full)] at 1/2 resolution (reference order)."""
+    """(full, 1/2, 1/4) maps -> cat[up2(1/4), 1/2, maxpool2(full)] at 1/2 resolution (the authors' order)."""
     full, half, quarter = t
     up = F.interpolate(quarter, scale_factor=2.0, mode="bilinear", align_corners=False)
     return torch.cat((up, half, F.max_pool2d(full, 2)), dim=1)

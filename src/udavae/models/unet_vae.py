@@ -1,17 +1,20 @@
 """The shared segmentation network: a U-Net whose decoder carries three Gaussian bottlenecks.
 
-Layout (REFERENCE_SPEC s1.2-1.4): ``depth`` encoder levels of conv3x3-IN-ReLU pairs (channels
-``base * 2**i``) joined by 2x2 max-pooling; a decoder of 2x2 stride-2 transposed convolutions and conv
-pairs. The last three decoder scales (1/4, 1/2, full) each end in a variational bottleneck (mu / log-var
-heads + reparameterised sample ``z``) and a segmentation head on ``z``; a fusion head combines the three
-softmax maps. The bottlenecks are *sequential*: the coarse sample ``z`` (not ``mu``) feeds the next finer
-stage, so noise injected at 1/4 propagates into the finer posteriors.
+Layout (Wu & Zhuang, IEEE TMI 2021; Lu et al., CVPRW 2022; docs/implementation-notes.md, section 3,
+#network): ``depth`` encoder levels of conv3x3-IN-ReLU pairs (channels ``base * 2**i``) joined by 2x2
+max-pooling; a decoder of 2x2 stride-2 transposed convolutions and conv pairs. The last three decoder
+scales (1/4, 1/2, full) each end in a variational bottleneck (mu / log-var heads + reparameterised
+sample ``z``) and a segmentation head on ``z``; a fusion head combines the three softmax maps. The
+bottlenecks are *sequential*: the coarse sample ``z`` (not ``mu``) feeds the next finer stage, so noise
+injected at 1/4 propagates into the finer posteriors.
 
 Two decoder wirings exist in the authors' code history and both are options (``ModelConfig.wiring``):
 
 * ``skip``: stage input = cat[ConvT(z_coarse), encoder_skip] (VarDA, HEAD ``network2.py``);
 * ``concat``: stage input = cat[ConvT(z_coarse), ConvT(h_coarse)], the *same* ConvT module applied
   twice, with no encoder skip at the 1/2 and full stages (2022 release, ``network_wo_A.py``).
+
+See docs/implementation-notes.md, sections 3.3 (#wiring) and 3.4 (#mean-heads).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class GaussianHeads(nn.Module):
     """Posterior heads of one scale: mu and log sigma^2, both squashed by IN + tanh.
 
     ``gate`` (the ablation's "Att"): a 1x1 conv C->1 gives an unbounded per-pixel gate multiplied onto
-    ``h`` (no sigmoid, as the reference). ``conv``: a 3x3 conv C->C. The log-variance head is always a
+    ``h`` (no sigmoid, as in the authors' code). ``conv``: a 3x3 conv C->C. The log-variance head is always a
     3x3 conv C->C, so sigma stays in (0.61, 1.65).
     """
 
@@ -113,7 +116,7 @@ class UNetVAE(nn.Module):
             _conv_pair(in_channels if i == 0 else ch[i - 1], ch[i]) for i in range(cfg.depth)
         )
         # Decoder stage at level l (0 = full .. depth-2) up-samples level l+1; index = level.
-        # The stage producing the 1/4 latent (level 2) has no dropout, as in the reference.
+        # The stage producing the 1/4 latent (level 2) has no dropout, as in the authors' code.
         self.up = nn.ModuleList(nn.ConvTranspose2d(ch[l + 1], ch[l], 2, stride=2) for l in range(cfg.depth - 1))
         self.decoder = nn.ModuleList(
             _conv_pair(2 * ch[l], ch[l], None if l == 2 else cfg.dropout) for l in range(cfg.depth - 1)

@@ -1,0 +1,142 @@
+"""``udavae evaluate`` without the engine: a loaded model folder's metrics on a split, written and printed.
+
+The model folder is loaded by the caller (``udavae.engine.model_folder.open_model``) and comes in as any
+object with the attributes of :class:`EvaluableModel`, so this layer does not import the engine::
+
+    from udavae.engine.model_folder import open_model
+    from udavae.evaluation.run import evaluate_run
+
+    summary, out = evaluate_run(open_model("runs/udavae++", "best", "cpu"), split="test", verbose=False)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from udavae.config import Config
+from udavae.data.preprocessing import Preprocessing
+from udavae.data.spec import LabelMap
+from udavae.errors import DataError
+from udavae.evaluation.evaluate import (
+    Segmenter,
+    evaluate_cases,
+    format_table,
+    summary_of,
+    write_metrics_csv,
+    write_summary,
+)
+from udavae.evaluation.postprocess import PostProcessing
+
+__all__ = ["EvaluableModel", "ModelDescription", "evaluate_run", "print_evaluation"]
+
+
+class ModelDescription(Protocol):
+    """What evaluation reads of ``model.json`` (``udavae.engine.model_folder.ModelInfo`` has it)."""
+
+    labels: LabelMap
+    preprocessing: Preprocessing
+    dataset_path: str
+    target: str
+
+
+class EvaluableModel(Protocol):
+    """A loaded model folder (``udavae.engine.model_folder.TrainedModel`` is one).
+
+    Attributes:
+        run: the model folder (default output folder: ``run/eval/<domain>_<split>_<checkpoint>``).
+        checkpoint: which weights (``best`` / ``last``), recorded in the summary.
+        config: the run's configuration (method name and seed are recorded).
+        info: labels, preprocessing, dataset path and target domain.
+        predictor: whole-volume segmentation by the loaded network.
+    """
+
+    run: Path
+    checkpoint: str
+    config: Config
+    info: ModelDescription
+    predictor: Segmenter
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch the checkpoint was saved after."""
+        ...
+
+    def postprocessing(self) -> PostProcessing | None:
+        """The post-processing decided for this checkpoint, or None."""
+        ...
+
+
+def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None = None, dataset: str | None = None,
+                 out: str | Path | None = None, save_masks: bool = False, verbose: bool = True,
+                 postprocess: bool = True) -> tuple[dict[str, Any], Path]:
+    """Evaluate a loaded model folder on a split; write metrics.csv / summary.json; return (summary, folder).
+
+    With ``postprocess`` the decision stored for the model's checkpoint (if any) is applied and the summary
+    also holds the raw masks' figures under ``"raw"`` (and ``metrics_raw.csv`` is written).
+
+    Args:
+        model: the loaded model folder.
+        split: split of the evaluated domain.
+        domain: the evaluated domain (default: the model's target domain).
+        dataset: dataset folder (default: the one the model was trained on).
+        out: output folder (default ``RUN/eval/<domain>_<split>_<checkpoint>``).
+        save_masks: also write the predicted masks (NIfTI, the dataset's label codes) into ``out/masks``.
+        verbose: print the tables and notes.
+        postprocess: apply the stored post-processing decision.
+
+    Raises:
+        DataError: a case of the split has no label.
+    """
+    from udavae.data.nifti import save_like
+    from udavae.data.spec import DatasetSpec
+    from udavae.data.volumes import load_cases
+    from udavae.fileio import ensure_writable_dir
+
+    cfg, info, run, checkpoint = model.config, model.info, model.run, model.checkpoint
+    spec = DatasetSpec.load(dataset or info.dataset_path)
+    domain = domain or info.target
+    cases = spec.split(domain, split)
+    unlabelled = [c.id for c in cases if c.label is None]
+    if unlabelled:
+        raise DataError(f"cannot evaluate {domain}/{split}: cases without labels {unlabelled}")
+    pp = model.postprocessing() if postprocess else None
+    out = ensure_writable_dir(Path(out) if out else Path(run) / "eval" / f"{domain}_{split}_{checkpoint}")
+    loaded = load_cases(spec, cases, info.preprocessing, with_labels=True, desc=f"loading {domain}/{split}")
+    on_pred = None
+    if save_masks:
+        ensure_writable_dir(out / "masks")
+
+        def on_pred(case, classes):  # noqa: ANN001
+            save_like(info.labels.to_codes(classes), case.reference, out / "masks" / f"{case.id}.nii.gz")
+
+    rows, raw_rows = evaluate_cases(model.predictor, loaded, info.labels.class_names, on_pred, pp)
+    summary = summary_of(rows, {
+        "run": str(Path(run).resolve()), "method": cfg.method.name, "checkpoint": checkpoint,
+        "epoch": model.epoch, "domain": domain, "split": split, "n_cases": len(loaded),
+        "seed": cfg.runtime.seed, "postprocessing": pp.to_dict() if pp else None,
+    })
+    if raw_rows is not rows:
+        summary["raw"] = summary_of(raw_rows)
+        write_metrics_csv(out / "metrics_raw.csv", raw_rows)
+    write_metrics_csv(out / "metrics.csv", rows)
+    write_summary(out / "summary.json", summary)
+    if verbose:
+        print_evaluation(summary, cfg.method.name, list(info.labels.class_names.values()), pp, out)
+    return summary, out
+
+
+def print_evaluation(summary: dict[str, Any], method: str, names: list[str], pp: PostProcessing | None,
+                     out: Path) -> None:
+    """The evaluation tables (raw and post-processed rows when they differ) and notes, on stdout."""
+    raw = summary.get("raw")
+    rows = {f"{method} raw": raw, f"{method} post": summary} if raw else {method: summary}
+    where = f"{summary['domain']}/{summary['split']} ({summary['n_cases']} cases, {summary['checkpoint']} checkpoint)"
+    print(format_table(rows, names, "dice", title=f"Dice % on {where}"))
+    for metric, title in (("assd", "ASSD (mm)"), ("hd95", "HD95 (mm)"), ("hd", "HD (mm)")):
+        print(format_table(rows, names, metric, title=title))
+    print(pp.describe() if pp else "post-processing: none applied (none decided for this checkpoint, or "
+          "--no-postprocess)")
+    for s, n in summary["missed_structures"].items():
+        print(f"note: {s} present but not predicted in {n} case(s): Dice 0, distances NaN (excluded from means)")
+    print(f"wrote {out / 'metrics.csv'}" + (", metrics_raw.csv" if "raw" in summary else "") + " and summary.json")

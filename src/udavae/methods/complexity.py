@@ -1,0 +1,102 @@
+"""Parameter and FLOP counts of a configured method, its training step counted through its own hooks.
+
+The step is :meth:`UDAMethod.training_step` with the optimisers of :meth:`UDAMethod.configure_optimizers`,
+so a method with several updates per step (generator / discriminator) is counted as it trains. FLOPs follow
+:mod:`udavae.models.complexity`'s convention (conv / linear / matmul only: optimiser updates count 0). By
+default everything runs on the ``meta`` device: shapes only, instant even at the paper size
+(docs/implementation-notes.md, "Model size and cost").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from udavae.config import Config
+from udavae.methods import build_method
+from udavae.methods.base import UDAMethod
+from udavae.models.complexity import count_flops, count_parameters, inference_flops, synthetic_batch
+
+__all__ = ["Complexity", "measure", "training_step_flops"]
+
+
+@dataclass
+class Complexity:
+    """Sizes and costs of one configured method.
+
+    Attributes:
+        net_params: parameters of the segmentation network (the inference model).
+        decoder_params / critic_params: reconstruction decoders and critics (SMIE, discriminators).
+        trained_params: everything the optimisers update (net + decoders + critics).
+        step_flops: one training step (:meth:`UDAMethod.training_step`: forward and backward passes),
+            ``batch`` source + ``batch`` target crops of ``crop`` x ``crop`` (source only if not ``uses_target``).
+        inference_flops: one ``infer_size`` x ``infer_size`` slice through the network (eval mode).
+    """
+
+    net_params: int
+    decoder_params: int
+    critic_params: int
+    trained_params: int
+    step_flops: int
+    inference_flops: int
+    batch: int
+    crop: int
+    infer_size: int
+    device: str
+    uses_target: bool
+
+
+def training_step_flops(method: UDAMethod, batch: int, crop: int) -> int:
+    """FLOPs of one :meth:`~UDAMethod.training_step` of ``method`` on a synthetic batch (train mode, fp32).
+
+    The optimisers come from :meth:`~UDAMethod.configure_optimizers` and really step, so on a real device the
+    method's weights change; gradients are cleared afterwards.
+    """
+    device = next(method.parameters()).device
+    k = method.num_classes
+    src = synthetic_batch(batch, crop, k, device)
+    tgt = synthetic_batch(batch, crop, k, device, labelled=False) if method.needs_target else None
+    method.train()
+    optimizers = method.configure_optimizers(method.cfg.optim)
+    flops = count_flops(lambda: method.training_step(method, src, tgt, optimizers, contextlib.nullcontext))
+    method.zero_grad(set_to_none=True)
+    return flops
+
+
+def measure(cfg: Config, num_classes: int, batch: int | None = None, crop: int | None = None,
+            infer_size: int = 192, device: str = "meta") -> Complexity:
+    """Build the method of ``cfg`` on ``device`` and count its parameters and FLOPs.
+
+    Args:
+        cfg: run configuration (not modified); ``batch`` / ``crop`` default to its batch size and crop.
+        num_classes: K.
+        batch: per-domain batch of the training step.
+        crop: training crop side (the SMIE critics are sized for it).
+        infer_size: side of the inference slice (192 in the paper's protocol).
+        device: ``meta`` (instant, shapes only) or a real device.
+    """
+    cfg = copy.deepcopy(cfg)
+    cfg.data.crop = crop if crop is not None else cfg.data.crop
+    cfg.optim.batch_size = batch if batch is not None else cfg.optim.batch_size
+    cfg.validate()
+    with torch.device(device):
+        method = build_method(cfg, num_classes)
+    critics = sum(p.numel() for p in method.critic_parameters())
+    net = count_parameters(method.net)
+    trained = count_parameters(method)
+    return Complexity(
+        net_params=net,
+        decoder_params=trained - net - critics,
+        critic_params=critics,
+        trained_params=trained,
+        step_flops=training_step_flops(method, cfg.optim.batch_size, cfg.data.crop),
+        inference_flops=inference_flops(method.net, infer_size),
+        batch=cfg.optim.batch_size,
+        crop=cfg.data.crop,
+        infer_size=infer_size,
+        device=device,
+        uses_target=method.needs_target,
+    )
