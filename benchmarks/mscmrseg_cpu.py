@@ -1,13 +1,14 @@
-"""MS-CMRSeg bSSFP (C0) -> LGE on this CPU: train each method with one budget and protocol, evaluate, record.
+"""MS-CMRSeg on this CPU, either direction: train each method with one budget and protocol, evaluate, record.
 
 For each method: ``udavae train --profile cpu`` (same seed, schedule and data for all), model selection on the
-LGE validation patients 1-5 only, then the selected ("best") and the last checkpoint evaluated on the test
-patients 6-45 (and the selected one on the validation patients), at the native resolution. Results are merged
-into the JSON file, so methods can be run one at a time (a killed run resumes from its last epoch).
+target's validation patients 1-5 only, then the selected ("best") and the last checkpoint evaluated on the
+target's test patients (LGE 6-45, or C0 6-35 with ``--direction lge-c0``) and the selected one on the validation
+patients, at the native resolution. Results are merged into the JSON file, so methods can be run one at a time
+(a killed run resumes from its last epoch).
 
-    python benchmarks/mscmrseg_cpu.py --methods noadapt,uda-vae,udavae++ \
+    python benchmarks/mscmrseg_cpu.py --methods noadapt,uda-vae,udavae++ [--direction c0-lge|lge-c0] \
         [--data ../shared/data/mscmrseg/Patch192] [--work benchmarks/work] \
-        [--json benchmarks/results/mscmrseg_c0_to_lge_cpu.json] [key=value ...]
+        [--json benchmarks/results/mscmrseg_<source>_to_<target>_cpu.json] [--seed N --tag T] [key=value ...]
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ import torch
 from common import cpu_description, repo_relative
 
 HERE = Path(__file__).resolve().parent
+#: direction -> (source, target, run folder under --work, protocol recorded in the JSON).
+DIRECTIONS = {
+    "c0-lge": ("C0", "LGE", "runs",
+               "source: 35 C0 volumes (labelled); target training pool: all 45 LGE images, labels unused "
+               "(transductive, as the published code); model selection: mean validation Dice on LGE patients 1-5; "
+               "reported: LGE patients 6-45"),
+    "lge-c0": ("LGE", "C0", "runs_lge_to_c0",
+               "source: all 45 LGE volumes (labelled); target training pool: all 35 C0 images, labels unused "
+               "(transductive); model selection: mean validation Dice on C0 patients 1-5; reported: C0 patients "
+               "6-35"),
+}
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "mscmrseg" / "Patch192"
 
 
@@ -55,7 +67,9 @@ def main() -> None:
     ap.add_argument("--methods", default="noadapt,uda-vae,udavae++")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--work", default=str(HERE / "work"))
-    ap.add_argument("--json", default=str(HERE / "results" / "mscmrseg_c0_to_lge_cpu.json"))
+    ap.add_argument("--direction", choices=list(DIRECTIONS), default="c0-lge",
+                    help="c0-lge: bSSFP -> LGE (the deck's Table 2); lge-c0: LGE -> bSSFP (Table 1)")
+    ap.add_argument("--json", help="results file (default benchmarks/results/mscmrseg_<src>_to_<tgt>_cpu.json)")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -69,22 +83,25 @@ def main() -> None:
     from udavae.engine.model_folder import load_checkpoint, open_model
     from udavae.evaluation.run import evaluate_run
 
+    source, target, runs, protocol = DIRECTIONS[args.direction]
     work = Path(args.work)
     dataset = work / "mscmrseg"
-    if not (dataset / SPEC_FILE).is_file():
+    spec_file = dataset / SPEC_FILE
+    # Imports made before the C0 val/test splits existed lack them: import again (links only) for lge-c0.
+    if not spec_file.is_file() or "val" not in json.loads(spec_file.read_text())["splits"].get(target, {}):
         work.mkdir(parents=True, exist_ok=True)
         import_mscmrseg(args.data, dataset, link=True)
-    out_json = Path(args.json)
+    out_json = Path(args.json or HERE / "results" / f"mscmrseg_{source.lower()}_to_{target.lower()}_cpu.json")
     results = json.loads(out_json.read_text()) if out_json.is_file() else {"methods": {}}
-    results["protocol"] = ("source: 35 C0 volumes (labelled); target training pool: all 45 LGE images, labels "
-                           "unused (transductive, as the published code); model selection: mean validation Dice "
-                           "on LGE patients 1-5; reported: LGE patients 6-45; metrics per patient on the 3-D "
-                           "volume at native resolution; 'test' = raw masks, 'test_postprocessed' = with the "
-                           "largest-component post-processing decided on LGE patients 1-5")
+    results["direction"] = f"{source} -> {target}"
+    results["protocol"] = (f"{protocol}; metrics per patient on the 3-D volume at native resolution; 'test' = raw "
+                           "masks, 'test_postprocessed' = with the largest-component post-processing decided on "
+                           "the validation patients")
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         key = f"{method}@{args.tag}" if args.tag else method
-        run = work / "runs" / key
-        cmd = [sys.executable, "-m", "udavae", "train", "--dataset", str(dataset), "--preset", method,
+        run = work / runs / key
+        cmd = [sys.executable, "-m", "udavae", "train", "--dataset", str(dataset), "--source", source,
+               "--target", target, "--preset", method,
                "--profile", args.profile, "--out", str(run), "--device", args.device, "--seed", str(args.seed),
                *args.overrides]
         if (run / "checkpoints" / "last.pt").is_file():

@@ -34,9 +34,12 @@ def test_config_knows_no_method_internals() -> None:
     source = inspect.getsource(config)
     for internal in ("uses_mi", "mi_global", "dist_pool", "cf_pool", "LossWeights", "METHOD_KINDS"):
         assert internal not in source, internal
-    assert method_kinds() == tuple(METHODS) == ("noadapt", "vae", "cfd")
-    assert {k: c.Options for k, c in METHODS.items()} == {"noadapt": NoAdaptOptions, "vae": VAEOptions,
-                                                           "cfd": CFDOptions}
+    assert method_kinds() == tuple(METHODS)
+    assert {"noadapt", "vae", "cfd", "sifa", "pnp_adanet"} <= set(METHODS)
+    options = {k: c.Options for k, c in METHODS.items()}
+    assert {k: options[k] for k in ("noadapt", "vae", "cfd")} == {"noadapt": NoAdaptOptions, "vae": VAEOptions,
+                                                                  "cfd": CFDOptions}
+    assert all(o.__dataclass_fields__["kind"].default == k for k, o in options.items())
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -60,8 +63,8 @@ def test_todays_override_keys_keep_working() -> None:
         build_config("udavae++", "tiny", {"method.cf_band": "x"})
     with pytest.raises(ValueError, match="unknown config key 'method.mi_prio'; did you mean one of 'method.mi_prior'"):
         build_config("udavae++", "tiny", {"method.mi_prio": "false"})
-    with pytest.raises(ValueError, match="method.kind='sifa' is not one of noadapt, vae, cfd"):
-        build_config("udavae++", "tiny", {"method.kind": "sifa"})
+    with pytest.raises(ValueError, match="method.kind='gan' is not one of noadapt, vae, cfd"):
+        build_config("udavae++", "tiny", {"method.kind": "gan"})
 
 
 def test_changing_the_kind_swaps_the_options_and_keeps_shared_keys() -> None:

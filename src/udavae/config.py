@@ -26,7 +26,6 @@ WIRINGS = ("skip", "concat")
 MEAN_HEADS = ("gate", "conv")
 #: Reference distributions of the SMIE prior critic. Kept here only because ``udavae.models.smie`` imports it;
 #: the option itself is ``udavae.methods.vae.VAEOptions.prior``.
-PRIORS = ("uniform", "normal")
 TARGET_POOLS = ("transductive", "inductive")
 AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -74,8 +74,8 @@ def _info(args: argparse.Namespace) -> int:
     crops = f"{c.batch} source + {c.batch} target" if c.uses_target else f"{c.batch} source"
     rows = [
         ("segmentation network", _fmt_params(c.net_params)),
-        ("reconstruction decoders", _fmt_params(c.decoder_params)),
-        ("SMIE critics", _fmt_params(c.critic_params)),
+        (c.part_labels[0], _fmt_params(c.decoder_params)),
+        (c.part_labels[1], _fmt_params(c.critic_params)),
         ("trained in total", _fmt_params(c.trained_params)),
         (f"training step (fwd+bwd, {crops} crops {c.crop}x{c.crop})", _fmt_flops(c.step_flops)),
         (f"inference ({c.infer_size}x{c.infer_size} slice, net forward)", _fmt_flops(c.inference_flops)),
@@ -83,6 +83,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"preset {args.preset} (profile {args.profile}): kind={me.kind} wiring={m.wiring} "
           f"mean_head={m.mean_head} base_width={m.base_width} depth={m.depth} classes={args.classes} "
           f"{me.describe()}")  # type: ignore[attr-defined]  (udavae.methods.base.MethodOptions)
+    if c.frozen_params:
+        rows.insert(3, ("frozen (no gradients, not trained)", _fmt_params(c.frozen_params)))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")

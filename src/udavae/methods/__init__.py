@@ -12,10 +12,14 @@ from udavae.config import Config, register_method_options
 from udavae.methods.base import MethodOptions, UDAMethod
 from udavae.methods.cfd import CFDMethod, CFDOptions
 from udavae.methods.noadapt import NoAdapt, NoAdaptOptions
+from udavae.methods.pnp_adanet import PnPAdaNet, PnPAdaNetOptions
+from udavae.methods.sifa import SIFAMethod, SIFAOptions
 from udavae.methods.vae import VAEMethod, VAEOptions
 
 __all__ = ["METHODS", "CFDMethod", "CFDOptions", "MethodOptions", "NoAdapt", "NoAdaptOptions", "UDAMethod",
            "VAEMethod", "VAEOptions", "build_method", "register_method"]
+__all__ += ["SIFAMethod", "SIFAOptions"]
+__all__ += ["PnPAdaNet", "PnPAdaNetOptions"]
 
 #: ``method.kind`` -> method class (the registry; :func:`register_method` fills it).
 METHODS: dict[str, type[UDAMethod]] = {}
@@ -34,6 +38,8 @@ def register_method(cls: type[UDAMethod]) -> type[UDAMethod]:
 
 for _cls in (NoAdapt, VAEMethod, CFDMethod):
     register_method(_cls)
+register_method(SIFAMethod)
+register_method(PnPAdaNet)
 
 
 def build_method(cfg: Config, num_classes: int) -> UDAMethod:

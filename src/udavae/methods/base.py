@@ -68,6 +68,9 @@ class MethodOptions(MethodConfig):
     cross-field checks in :meth:`validate`.
     """
 
+    #: ``udavae model info``'s names of the parameters outside the network and of the critics.
+    part_labels: ClassVar[tuple[str, str]] = ("reconstruction decoders", "SMIE critics")
+
     def describe(self) -> str:
         """The method's parts for ``udavae model info``'s header line (methods without SMIE critics: off)."""
         return "SMIE=off"

@@ -29,7 +29,9 @@ class Complexity:
 
     Attributes:
         net_params: parameters of the segmentation network (the inference model).
-        decoder_params / critic_params: reconstruction decoders and critics (SMIE, discriminators).
+        decoder_params / critic_params: the method's other trained modules (reconstruction decoders, image
+            generators) and its critics (SMIE, discriminators); ``part_labels`` names them for this method.
+        frozen_params: parameters kept without gradients (PnP-AdaNet's frozen source network).
         trained_params: everything the optimisers update (net + decoders + critics).
         step_flops: one training step (:meth:`UDAMethod.training_step`: forward and backward passes),
             ``batch`` source + ``batch`` target crops of ``crop`` x ``crop`` (source only if not ``uses_target``).
@@ -47,6 +49,8 @@ class Complexity:
     infer_size: int
     device: str
     uses_target: bool
+    frozen_params: int = 0
+    part_labels: tuple[str, str] = ("reconstruction decoders", "SMIE critics")
 
 
 def training_step_flops(method: UDAMethod, batch: int, crop: int) -> int:
@@ -86,7 +90,9 @@ def measure(cfg: Config, num_classes: int, batch: int | None = None, crop: int |
         method = build_method(cfg, num_classes)
     critics = sum(p.numel() for p in method.critic_parameters())
     net = count_parameters(method.net)
-    trained = count_parameters(method)
+    everything = count_parameters(method)
+    frozen = sum(p.numel() for p in method.parameters() if not p.requires_grad)
+    trained = everything - frozen
     return Complexity(
         net_params=net,
         decoder_params=trained - net - critics,
@@ -99,4 +105,6 @@ def measure(cfg: Config, num_classes: int, batch: int | None = None, crop: int |
         infer_size=infer_size,
         device=device,
         uses_target=method.needs_target,
+        frozen_params=frozen,
+        part_labels=type(cfg.method).part_labels,  # type: ignore[attr-defined]  (MethodOptions)
     )

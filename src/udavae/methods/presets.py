@@ -53,6 +53,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.mean_head": "gate",
         "method.weights.recon": 1.0,
     },
+    # SIFA on the baselines' segmenter; weights.seg is set because a kind switch keeps the old kind's value (1000).
+    "sifa": {"method.kind": "sifa", "model.wiring": "skip", "model.mean_head": "gate", "method.weights.seg": 1.0},
     "abl-base": _vae("skip", "conv", False, False, False),
     "abl-cn": _vae("concat", "conv", False, False, False),
     "abl-cn-att": _vae("concat", "gate", False, False, False),
@@ -60,6 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "abl-cn-att-gl": _vae("concat", "gate", True, True, False),
     "abl-cn-glp": _vae("concat", "conv", True, True, True),
     "abl-full": _vae("concat", "gate", True, True, True),
+    "pnp-adanet": {"method.kind": "pnp_adanet", "model.wiring": "skip", "model.mean_head": "gate"},
 }
 
 PRESET_HELP: dict[str, str] = {
@@ -67,6 +70,8 @@ PRESET_HELP: dict[str, str] = {
     "uda-vae": "UDA-VAE baseline (VarDA code): skip wiring, spatial-gate mean head, no SMIE",
     "noadapt": "same segmenter trained on source labels only (no target images, no adaptation)",
     "cfdnet": "CFDNet: characteristic-function distance on the full-scale latent, skip wiring, gate head",
+    "sifa": "SIFA (Chen et al. AAAI 2019 / TMI 2020): image translation + feature alignment (4 LSGAN critics), "
+            "skip wiring, gate head",
     "abl-base": "ablation Base: skip wiring, conv mean head, no SMIE",
     "abl-cn": "ablation Base+CN: concat wiring (CN), conv mean head, no SMIE",
     "abl-cn-att": "ablation Base+CN+Att: concat wiring, spatial-gate mean head (Att), no SMIE",
@@ -75,6 +80,8 @@ PRESET_HELP: dict[str, str] = {
     "abl-cn-glp": "ablation Base+CN+Global+Local+Prior: concat wiring, conv head, global+local+prior SMIE "
                   "(= udavae++)",
     "abl-full": "ablation, every component: concat wiring, gate head, global+local+prior SMIE",
+    "pnp-adanet": "PnP-AdaNet: the noadapt segmenter, then its early encoder levels re-trained on target "
+                  "images against WGAN critics of multi-level features and masks",
 }
 
 PROFILES: dict[str, dict[str, Any]] = {

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from udavae.config import PRIORS, Config
+from udavae.config import Config
 from udavae.losses import gaussian_kernel_distance
 from udavae.methods.base import Batch, MethodOptions
 from udavae.methods.variational import VariationalMethod, VariationalWeights
-from udavae.models.smie import SMIE
+from udavae.models.smie import PRIORS, SMIE
 from udavae.models.unet_vae import LATENT_SCALES
 
 __all__ = ["VAEMethod", "VAEOptions", "VAEWeights"]

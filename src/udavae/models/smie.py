@@ -17,13 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from udavae.config import PRIORS
 from udavae.losses.mutual_info import jsd_mi
 from udavae.models.init import init_conv_weights
 
 __all__ = ["SMIE"]
 
 Triple = tuple[Tensor, Tensor, Tensor]
+
+#: Reference distributions of the prior critic: ``uniform`` (the authors' code) or ``normal`` (the paper).
+PRIORS = ("uniform", "normal")
 
 
 def _conv_in_relu(cin: int, cout: int) -> nn.Sequential:
