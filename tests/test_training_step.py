@@ -206,3 +206,21 @@ def test_resume_from_a_checkpoint_written_before_the_hooks(tmp_path: Path) -> No
     trainer.fit()
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in rows] == [cfg.optim.lr, cfg.optim.lr * cfg.optim.lr_decay]
+
+
+@pytest.mark.parametrize(("preset", "refused"), [("udavae++", False), ("noadapt", False), ("sifa", True),
+                                                 ("pnp-adanet", True)])
+def test_methods_with_several_backward_passes_refuse_ddp(preset: str, refused: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One shared check (called by the trainer before wrapping in DDP) for every method that cannot use DDP."""
+    import torch.distributed as dist
+
+    method = _method(preset)
+    method.refuse_distributed(method)  # one process: always allowed
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    if refused:
+        with pytest.raises(NotImplementedError, match=f"method kind '{method.kind}' does not support multi-process"):
+            method.refuse_distributed(method)
+    else:
+        method.refuse_distributed(method)

@@ -159,6 +159,7 @@ class Trainer:
         remember_base_lr(self.optimizers)
         self.model: torch.nn.Module = self.method
         if self.dist.enabled:
+            self.method.refuse_distributed(self.model)  # before any step: fails at once on every rank
             self.model = DDP(self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.model = compile_module(self.model, cfg.runtime, self.device)
         self.cudagraphs = uses_cudagraphs(cfg.runtime, self.device)

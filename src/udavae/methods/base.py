@@ -117,6 +117,8 @@ class UDAMethod(nn.Module):
     kind: ClassVar[str] = ""
     #: The options dataclass of this kind (the ``method.*`` config keys).
     Options: ClassVar[type[MethodOptions]] = MethodOptions
+    #: Whether the method can train under DistributedDataParallel (see :meth:`refuse_distributed`).
+    supports_distributed: ClassVar[bool] = True
     #: Whether :meth:`forward` needs a target batch.
     needs_target: bool = True
 
@@ -138,6 +140,22 @@ class UDAMethod(nn.Module):
     def forward(self, source: Batch, target: Batch | None = None) -> dict[str, Tensor]:
         """Weighted loss terms by name and their sum under ``"total"``."""
         raise NotImplementedError
+
+    def refuse_distributed(self, forward: Forward | None = None) -> None:
+        """Raise ``NotImplementedError`` if this method cannot train under DDP and it is asked to.
+
+        A method whose step runs several backward passes over different parameter sets (adversarial updates)
+        sets :attr:`supports_distributed` to False: DDP reduces the gradients of one backward per forward. The
+        trainer calls this before wrapping; ``training_step`` may call it again with the ``forward`` it got.
+        """
+        if self.supports_distributed:
+            return
+        wrapped = getattr(forward, "_orig_mod", forward)  # torch.compile keeps the module it wraps here
+        dist = torch.distributed
+        multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if multi or isinstance(wrapped, nn.parallel.DistributedDataParallel):
+            raise NotImplementedError(f"method kind {self.kind!r} does not support multi-process (DDP) training: "
+                                      "run it in one process")
 
     def configure_optimizers(self, optim_cfg: OptimConfig, fused: bool = False) -> dict[str, torch.optim.Optimizer]:
         """The optimisers of a run, by name (checkpoints store their states under these names).

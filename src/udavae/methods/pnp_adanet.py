@@ -173,6 +173,7 @@ class PnPAdaNet(UDAMethod):
     """
 
     kind = "pnp_adanet"
+    supports_distributed = False  # the trained parameters differ per phase and per update
     Options = PnPAdaNetOptions
     needs_target = True
 
@@ -367,7 +368,7 @@ class PnPAdaNet(UDAMethod):
         ``total``, their sum. Phase 2 starts at :attr:`switch_step` and, once the copy is taken, never ends:
         a run extended with ``--resume`` and more epochs (which moves the automatic switch) keeps adapting.
         """
-        _refuse_distributed()
+        self.refuse_distributed(forward)
         if step < self.switch_step and not self._source_ready:  # once taken, the copy is never retaken
             with autocast_ctx():
                 terms = forward(source, target, stage="segment")
@@ -433,12 +434,3 @@ def _rmsprop(params: Iterator[nn.Parameter], lr: float, restart: float) -> torch
     for group in opt.param_groups:
         group["base_lr"] = lr / restart
     return opt
-
-
-def _refuse_distributed() -> None:
-    """PnP-AdaNet's alternating updates use different parameters per update, which DDP cannot reduce."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        raise NotImplementedError("method kind 'pnp_adanet' does not support multi-process (DDP) training: run it "
-                                  "in one process")

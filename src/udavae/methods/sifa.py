@@ -184,6 +184,7 @@ class SIFAMethod(UDAMethod):
     """SIFA on the udavae segmenter: G_t, U and four critics around ``self.net`` (E + C)."""
 
     kind = "sifa"
+    supports_distributed = False  # two backward passes over different parameter sets per step
     Options = SIFAOptions
     needs_target = True
 
@@ -312,12 +313,9 @@ class SIFAMethod(UDAMethod):
         the generator-side terms with ``total`` and the critics' ``disc_*`` losses (detached).
 
         Raises:
-            RuntimeError: under DistributedDataParallel (two backward passes per forward; not supported).
+            NotImplementedError: under DistributedDataParallel (two backward passes per forward).
         """
-        wrapped = getattr(forward, "_orig_mod", forward)  # torch.compile keeps the module it wraps here
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if isinstance(wrapped, nn.parallel.DistributedDataParallel) or distributed:
-            raise RuntimeError("method kind 'sifa' does not support multi-process (DDP) training; use one process")
+        self.refuse_distributed(forward)
         with autocast_ctx():
             terms = forward(source, target, keep=True)
         inputs, self._critic_inputs = self._critic_inputs, None
