@@ -106,18 +106,6 @@ def _load(run: str | Path, checkpoint: str, device_name: str, batch_size: int, a
     return model
 
 
-def evaluate_run(run: str | Path, split: str = "test", checkpoint: str = "best", domain: str | None = None,
-                 dataset: str | None = None, out: str | Path | None = None, device: str = "auto",
-                 batch_size: int = 16, save_masks: bool = False, verbose: bool = True,
-                 amp: str | None = None, postprocess: bool = True) -> tuple[dict, Path]:
-    """Deprecated path-based form, kept for one release: load ``run`` and call
-    :func:`udavae.evaluation.run.evaluate_run` (use that with ``udavae.engine.model_folder.open_model``)."""
-    from udavae.evaluation.run import evaluate_run as evaluate_model
-
-    model = _load(run, checkpoint, device, batch_size, amp)
-    return evaluate_model(model, split, domain, dataset, out, save_masks, verbose, postprocess)
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     """``udavae evaluate``: load the model folder (engine), evaluate it (:mod:`udavae.evaluation.run`)."""
     from udavae.evaluation.run import evaluate_run as evaluate_model

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from udavae.engine.sweep_plan import PLAN_FILE, RunSpec, SweepPlan
 from udavae.errors import UserError
+from udavae.evaluation.run import eval_folder
 from udavae.fileio import read_json, write_json
 
 STATUS_FILE = "status.json"
@@ -389,7 +390,7 @@ def run_summaries(sweep: Sweep) -> list[dict[str, Any]]:
         st = sweep.status[spec.name]
         row: dict[str, Any] = {"run": spec.name, "state": st.state, "time": _fmt_time(st.elapsed_s)}
         for split in sweep.plan.splits:
-            f = sweep.run_dir(spec) / "eval" / f"{sweep.plan.target}_{split}_best" / "summary.json"
+            f = eval_folder(sweep.run_dir(spec), sweep.plan.target, split, "best") / "summary.json"
             with contextlib.suppress(UserError, KeyError, TypeError):
                 row[f"{split} Dice"] = f"{100 * read_json(f)['mean_dice']:.2f}" if f.is_file() else ""
         rows.append(row)

@@ -67,6 +67,12 @@ class EvaluableModel(Protocol):
         ...
 
 
+def eval_folder(run: str | Path, domain: str, split: str, checkpoint: str) -> Path:
+    """Where ``udavae evaluate`` writes a model folder's metrics by default: ``RUN/eval/<domain>_<split>_<checkpoint>``
+    (read back by ``udavae compare`` and ``udavae sweep``)."""
+    return Path(run) / "eval" / f"{domain}_{split}_{checkpoint}"
+
+
 def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None = None, dataset: str | None = None,
                  out: str | Path | None = None, save_masks: bool = False, verbose: bool = True,
                  postprocess: bool = True) -> tuple[dict[str, Any], Path]:
@@ -101,7 +107,7 @@ def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None 
     if unlabelled:
         raise DataError(f"cannot evaluate {domain}/{split}: cases without labels {unlabelled}")
     pp = model.postprocessing() if postprocess else None
-    out = ensure_writable_dir(Path(out) if out else Path(run) / "eval" / f"{domain}_{split}_{checkpoint}")
+    out = ensure_writable_dir(Path(out) if out else eval_folder(run, domain, split, checkpoint))
     loaded = load_cases(spec, cases, info.preprocessing, with_labels=True, desc=f"loading {domain}/{split}")
     on_pred = None
     if save_masks:

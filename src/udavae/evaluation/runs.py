@@ -194,7 +194,9 @@ def default_out(args: Sequence[str]) -> Path:
 
 def eval_dir(run: RunInfo, split: str, checkpoint: str) -> Path:
     """Where ``udavae evaluate`` writes a run's metrics for ``split`` and ``checkpoint``."""
-    return run.path / "eval" / f"{run.domain}_{split}_{checkpoint}"
+    from udavae.evaluation.run import eval_folder
+
+    return eval_folder(run.path, run.domain, split, checkpoint)
 
 
 def evaluate_command(run: RunInfo | Path, split: str, checkpoint: str) -> str:
