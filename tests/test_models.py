@@ -154,4 +154,6 @@ def test_skip_gate_step_flops_match_reference() -> None:
     c = measure(cfg, 4)
     assert c.net_params == 31_860_383
     assert c.step_flops == pytest.approx(5.258e12, rel=1e-3)
+    assert c.phase_flops == {"training": c.step_flops}  # one phase: the run is 30 epochs x 130 equal steps
+    assert c.run_flops == 30 * 130 * c.step_flops
     assert c.inference_flops == pytest.approx(65.4e9, rel=1e-3)

@@ -339,6 +339,24 @@ def test_model_info(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "info", "--preset", "pnp-adanet", "--profile", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "kind=pnp_adanet" in out and "DAM=encoder levels 0-3" in out and "training step" in out
+    assert "training step, phase 1" in out and "training step, phase 2, adaptation" in out
+
+
+def test_flops_per_phase_and_run() -> None:
+    """Each phase is counted at its own cost; the run weighs each by its number of steps (hand-computed)."""
+    from udavae.methods.complexity import measure
+
+    cfg = build_config("pnp-adanet", "tiny", {**TINY, "method.critic_warmup": 0.5, "optim.epochs": 4,
+                                               "optim.iters_per_epoch": 4, "method.pretrain_epochs": 2})
+    c = measure(cfg, 4)
+    names = list(c.phase_flops)
+    assert names == ["phase 1, source segmenter", "phase 2 warm-up, critics only", "phase 2, adaptation"]
+    seg, warm, adapt = c.phase_flops.values()
+    # phase 1 = 8 steps, warm-up = 0.5 x 4 = 2 steps, adaptation = the other 6 of 16
+    assert c.run_flops == 8 * seg + 2 * warm + 6 * adapt
+    assert c.step_flops == seg and warm < adapt  # the same forwards and critic steps, plus the DAM backward
+    noadapt = measure(build_config("noadapt", "tiny", {k: v for k, v in TINY.items() if not k.startswith("method")}), 4)
+    assert seg == noadapt.step_flops  # phase 1 is NoAdapt's step
 
 
 def test_train_and_evaluate_end_to_end(tmp_path: Path) -> None:

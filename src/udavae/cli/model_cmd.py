@@ -53,6 +53,8 @@ def _fmt_params(n: int) -> str:
 
 
 def _fmt_flops(n: int) -> str:
+    if n >= 1e15:
+        return f"{n / 1e15:.2f} PFLOP"
     return f"{n / 1e12:.3f} TFLOP" if n >= 1e12 else f"{n / 1e9:.1f} GFLOP"
 
 
@@ -77,7 +79,9 @@ def _info(args: argparse.Namespace) -> int:
         (c.part_labels[0], _fmt_params(c.decoder_params)),
         (c.part_labels[1], _fmt_params(c.critic_params)),
         ("trained in total", _fmt_params(c.trained_params)),
-        (f"training step (fwd+bwd, {crops} crops {c.crop}x{c.crop})", _fmt_flops(c.step_flops)),
+        *[(f"training step{f', {name}' if len(c.phase_flops) > 1 else ''} (fwd+bwd, {crops} crops "
+           f"{c.crop}x{c.crop})", _fmt_flops(flops)) for name, flops in c.phase_flops.items()],
+        (f"training run ({cfg.optim.epochs} epochs x {cfg.optim.iters_per_epoch} steps)", _fmt_flops(c.run_flops)),
         (f"inference ({c.infer_size}x{c.infer_size} slice, net forward)", _fmt_flops(c.inference_flops)),
     ]
     print(f"preset {args.preset} (profile {args.profile}): kind={me.kind} wiring={m.wiring} "

@@ -141,6 +141,15 @@ class UDAMethod(nn.Module):
         """Weighted loss terms by name and their sum under ``"total"``."""
         raise NotImplementedError
 
+    def step_phases(self) -> dict[str, int]:
+        """Stretches of a run whose training steps differ, by name, each with its first global step (ascending).
+
+        Default: one phase from step 0. A method whose :meth:`training_step` changes with ``step`` (PnP-AdaNet's
+        source phase, critic warm-up and adaptation phase) lists them, so that ``udavae model info`` counts the
+        cost of each and of the whole run.
+        """
+        return {"training": 0}
+
     def refuse_distributed(self, forward: Forward | None = None) -> None:
         """Raise ``NotImplementedError`` if this method cannot train under DDP and it is asked to.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,7 +34,11 @@ class Complexity:
         frozen_params: parameters kept without gradients (PnP-AdaNet's frozen source network).
         trained_params: everything the optimisers update (net + decoders + critics).
         step_flops: one training step (:meth:`UDAMethod.training_step`: forward and backward passes),
-            ``batch`` source + ``batch`` target crops of ``crop`` x ``crop`` (source only if not ``uses_target``).
+            ``batch`` source + ``batch`` target crops of ``crop`` x ``crop`` (source only if not ``uses_target``);
+            the first step of the run, for a method with several phases.
+        phase_flops: one training step of each phase of :meth:`UDAMethod.step_phases`, by phase name.
+        run_flops: the whole run's schedule (``optim.epochs`` x ``optim.iters_per_epoch`` steps, each phase's
+            steps at its own cost).
         inference_flops: one ``infer_size`` x ``infer_size`` slice through the network (eval mode).
     """
 
@@ -50,14 +54,17 @@ class Complexity:
     device: str
     uses_target: bool
     frozen_params: int = 0
+    phase_flops: dict[str, int] = field(default_factory=dict)
+    run_flops: int = 0
     part_labels: tuple[str, str] = ("reconstruction decoders", "SMIE critics")
 
 
-def training_step_flops(method: UDAMethod, batch: int, crop: int) -> int:
+def training_step_flops(method: UDAMethod, batch: int, crop: int, step: int = 0) -> int:
     """FLOPs of one :meth:`~UDAMethod.training_step` of ``method`` on a synthetic batch (train mode, fp32).
 
-    The optimisers come from :meth:`~UDAMethod.configure_optimizers` and really step, so on a real device the
-    method's weights change; gradients are cleared afterwards.
+    ``step`` is the global step passed to the hook (it selects the phase of a multi-phase method). The
+    optimisers come from :meth:`~UDAMethod.configure_optimizers` and really step, so on a real device the
+    method's weights (and a phase switch's state) change; gradients are cleared afterwards.
     """
     device = next(method.parameters()).device
     k = method.num_classes
@@ -65,7 +72,8 @@ def training_step_flops(method: UDAMethod, batch: int, crop: int) -> int:
     tgt = synthetic_batch(batch, crop, k, device, labelled=False) if method.needs_target else None
     method.train()
     optimizers = method.configure_optimizers(method.cfg.optim)
-    flops = count_flops(lambda: method.training_step(method, src, tgt, optimizers, contextlib.nullcontext))
+    flops = count_flops(lambda: method.training_step(method, src, tgt, optimizers, contextlib.nullcontext,
+                                                     step=step))
     method.zero_grad(set_to_none=True)
     return flops
 
@@ -93,12 +101,19 @@ def measure(cfg: Config, num_classes: int, batch: int | None = None, crop: int |
     everything = count_parameters(method)
     frozen = sum(p.numel() for p in method.parameters() if not p.requires_grad)
     trained = everything - frozen
+    starts = method.step_phases()  # ascending first steps; counted in order, as a run reaches them
+    phase_flops = {name: training_step_flops(method, cfg.optim.batch_size, cfg.data.crop, step=start)
+                   for name, start in starts.items()}
+    total_steps = cfg.optim.epochs * cfg.optim.iters_per_epoch
+    ends = [*list(starts.values())[1:], total_steps]
+    run_flops = sum(phase_flops[name] * max(0, min(end, total_steps) - min(start, total_steps))
+                    for (name, start), end in zip(starts.items(), ends, strict=True))
     return Complexity(
         net_params=net,
         decoder_params=trained - net - critics,
         critic_params=critics,
         trained_params=trained,
-        step_flops=training_step_flops(method, cfg.optim.batch_size, cfg.data.crop),
+        step_flops=next(iter(phase_flops.values())),
         inference_flops=inference_flops(method.net, infer_size),
         batch=cfg.optim.batch_size,
         crop=cfg.data.crop,
@@ -106,5 +121,7 @@ def measure(cfg: Config, num_classes: int, batch: int | None = None, crop: int |
         device=device,
         uses_target=method.needs_target,
         frozen_params=frozen,
+        phase_flops=phase_flops,
+        run_flops=run_flops,
         part_labels=type(cfg.method).part_labels,  # type: ignore[attr-defined]  (MethodOptions)
     )

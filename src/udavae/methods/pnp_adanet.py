@@ -224,6 +224,14 @@ class PnPAdaNet(UDAMethod):
         """Steps at the start of phase 2 in which only the critics train."""
         return round(self.options.critic_warmup * self.cfg.optim.iters_per_epoch)
 
+    def step_phases(self) -> dict[str, int]:
+        """Phase 1 (source segmenter), the critic warm-up (if any) and phase 2 (adaptation), by first step."""
+        phases = {"phase 1, source segmenter": 0}
+        if self.warmup_steps:
+            phases["phase 2 warm-up, critics only"] = self.switch_step
+        phases["phase 2, adaptation"] = self.switch_step + self.warmup_steps
+        return phases
+
     @property
     def source_ready(self) -> bool:
         """Whether the frozen source copy has been taken (phase 2 has begun)."""
