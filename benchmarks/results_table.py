@@ -35,16 +35,17 @@ def main() -> None:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "mscmrseg_c0_to_lge_cpu.json")
     data = json.loads(path.read_text())
     res, deck = data["methods"], DECK[data.get("direction", "C0 -> LGE")]
-    print("| method | test MYO | test LV | test RV | test mean | val MYO | val LV | val RV | ASSD MYO/LV/RV (mm) "
-          "| selected epoch | train time | deck test MYO/LV/RV |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | seed | test MYO | test LV | test RV | test mean | val MYO | val LV | val RV "
+          "| ASSD MYO/LV/RV (mm) | selected epoch | train time | deck test MYO/LV/RV |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = ("noadapt", "pnp-adanet", "cfdnet", "sifa", "uda-vae", "udavae++")
     # variant runs are keyed 'method@tag' and listed after their method
     names = sorted((k for k in res if k.split("@")[0] in order), key=lambda k: (order.index(k.split("@")[0]), k))
     for name in names:
         r = res[name]
         t, v = r["test"], r["val"]
-        cells = [f"{t[s]['dice_mean']:.2f} ± {t[s]['dice_std']:.2f}" for s in STRUCTS]
+        cells = [str(r.get("seed", 0))]
+        cells += [f"{t[s]['dice_mean']:.2f} ± {t[s]['dice_std']:.2f}" for s in STRUCTS]
         cells.append(f"{t['mean_dice']:.2f}")
         cells += [f"{v[s]['dice_mean']:.2f}" for s in STRUCTS]
         cells.append(" / ".join(f"{t[s]['assd_mean']:.2f}" for s in STRUCTS))
