@@ -58,7 +58,9 @@ def test_resume_gives_identical_weights(trained: dict[str, Path]) -> None:
     assert a["epoch"] == b["epoch"] == 2
     for k, v in a["method"].items():
         assert torch.equal(v, b["method"][k]), k
-    assert a["best_epoch"] == b["best_epoch"]
+    assert a["selection"] == b["selection"]
+    for k, v in a["ema"].items():  # the weight average resumes exactly too
+        assert torch.equal(v, b["ema"][k]), k
     rows = [json.loads(x) for x in (trained["killed"] / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert "val/dice_mean" in rows[-1] and "loss/total" in rows[-1]
@@ -202,9 +204,16 @@ def test_dataset_without_validation_split(tmp_path: Path, dataset: Path, capsys)
         (copy / d).symlink_to(dataset / d)
     (copy / "dataset.json").write_text(json.dumps(spec))
     out = tmp_path / "run"
-    assert main(["train", "--dataset", str(copy), "--out", str(out), *TRAIN_ARGS]) == 2
-    assert "no 'val' split" in capsys.readouterr().err
-    assert not out.exists()
+    assert main(["train", "--dataset", str(copy), "--out", str(out), *TRAIN_ARGS]) == 0
+    assert "selection: ema -> checkpoint 'ema' (epoch 2)" in capsys.readouterr().out
+    record = json.loads((out / "selection.json").read_text())
+    assert record["rule"] == "ema" and record["checkpoint"] == "ema" and record["best_epoch"] == 2
+    assert len(record["source_holdout"]) == 1  # 10% of the source cases, at least one, scored every epoch
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert "src/dice_mean" in rows[-1] and "val/dice_mean" not in rows[-1]
+    assert main(["train", "--dataset", str(copy), "--out", str(tmp_path / "r2"), *TRAIN_ARGS,
+                 "train.selection=val-dice"]) == 2
+    assert "needs labelled validation cases" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset: Path, tmp_path: Path, monkeypatch, capsys) -> None:

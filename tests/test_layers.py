@@ -1,7 +1,7 @@
 """The package's layers import only downwards: nothing below ``engine/`` imports ``engine`` or ``cli``, and nothing
 outside ``cli/`` imports ``cli``.
 
-Layers, bottom up: ``config``, ``dotted``, ``errors``, ``fileio``; ``data``, ``models``, ``losses``, ``methods``,
+Layers, bottom up: ``config``, ``dotted``, ``errors``, ``fileio``; ``augment``, ``data``, ``models``, ``losses``, ``methods``,
 ``evaluation``; ``engine``; ``reports``; ``cli``. Every import statement counts, including imports inside
 functions and under ``if TYPE_CHECKING:`` (a typing ``Protocol`` is the way to name an upper layer's type).
 """
@@ -17,7 +17,8 @@ import udavae
 
 PACKAGE = Path(udavae.__file__).parent
 #: Modules and packages below the engine.
-LOWER = ("config.py", "dotted.py", "errors.py", "fileio.py", "data", "models", "losses", "methods", "evaluation")
+LOWER = ("config.py", "dotted.py", "errors.py", "fileio.py", "augment", "data", "models", "losses", "methods",
+         "evaluation")
 
 
 def _module_name(path: Path, package_dir: Path) -> str:

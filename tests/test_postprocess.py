@@ -83,7 +83,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_training_stores_a_decision_for_both_checkpoints(run: Path) -> None:
     stored = json.loads((run / "postprocessing.json").read_text())
-    assert set(stored) == {"best", "last"}
+    assert set(stored) == {"best", "last", "ema"}
     for entry in stored.values():
         assert entry["decided_on"].startswith("LGE/val (2 cases)")
         assert set(entry["val_dice"]) == {"MYO", "LV", "RV"}

@@ -14,6 +14,7 @@ module knows no method's internals and ``method.<option>=value`` keys address th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +119,9 @@ class DataConfig:
         target_pool: ``transductive`` (all target images, labels unused, as the published code) or
             ``inductive`` (target cases outside the test split only).
         val_split / test_split: names of the target splits used for selection and for reporting.
-        augment: random flips / rot90 / intensity gamma on training crops.
+        augment: random flips / rot90 / intensity gamma on training crops (the ``augment`` section has more).
+        source_holdout: labelled source cases held out of training to score the source Dice each epoch;
+            -1 = automatic: none when the target has labelled validation cases, else 10% (at least 1).
         num_workers: DataLoader worker processes (0 = in the main process; -1 = automatic: 4 on CUDA,
             0 on the CPU). The batches do not depend on it.
         resample_mm: if > 0, resample every domain in-plane to this isotropic spacing (mm) instead of the
@@ -137,10 +140,139 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     augment: bool = False
+    source_holdout: int = -1
     num_workers: int = -1
     resample_mm: float = 0.0
     zoom: float = 0.0
     size: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation of the training crops (never applied at validation, evaluation or prediction).
+
+    Three families, each switched on by its own flag and composable with every method (docs/augmentation.md):
+
+    * ``spatial`` / ``intensity``: the standard transforms of segmentation training, taken from MONAI and
+      drawn per crop from the crop's own seeded stream (so a resumed run sees the same crops): random affine
+      (rotation, scale, shear), elastic deformation and flips; contrast (gamma), bias field, noise and blur.
+    * ``slaug``: SLAug (Su et al., AAAI 2023): global and class-level location-scale augmentation of the
+      source crops, fused by saliency balancing (the gradient of the segmentation loss decides, on a coarse
+      grid, which of the two views each region takes).
+    * ``gin``: GIN-IPA (Ouyang et al., IEEE TMI 2023): random shallow convolution networks as intensity and
+      texture augmentation, blended through a random smooth field (IPA).
+
+    Attributes:
+        spatial: random affine + elastic deformation (+ flips when ``flip_prob`` > 0) of image and label.
+        intensity: random gamma, bias field, Gaussian noise and Gaussian blur of the image.
+        target: also apply ``spatial`` / ``intensity`` to the target crops (methods that read target images).
+        affine_prob: probability of the random affine per crop.
+        rotate_deg: maximum in-plane rotation, degrees (uniform in +-rotate_deg).
+        scale: maximum relative scaling (uniform in 1 +- scale).
+        shear: maximum shear factor (uniform in +-shear).
+        elastic_prob: probability of the elastic deformation per crop.
+        elastic_magnitude: maximum displacement of the elastic control grid, in grid units.
+        flip_prob: probability of each in-plane flip (0: none; flips change the heart's handedness).
+        gamma_prob / gamma: probability and range (low, high) of the random gamma.
+        bias_prob / bias_coeff: probability and maximum coefficient of the polynomial bias field.
+        noise_prob / noise_std: probability and maximum standard deviation of additive Gaussian noise.
+        blur_prob / blur_sigma: probability and range (low, high) of the Gaussian blur sigma, in pixels.
+        slaug: SLAug on the source crops (location-scale + saliency-balancing fusion).
+        slaug_points: control points of each random Bezier intensity curve (4 in the paper).
+        slaug_grid: side of the coarse grid the saliency is averaged on (3 in the public code).
+        slaug_background: intensities at or below this keep their value in the class-level view (0.01).
+        gin: GIN-IPA on the source crops (random convolutions + IPA blend).
+        gin_layers: convolution layers of each random network (4 in the paper).
+        gin_channels: intermediate channels of each random network (2 in the paper).
+        ipa_grid: side of the control grid of IPA's random blending field.
+    """
+
+    spatial: bool = False
+    intensity: bool = False
+    target: bool = False
+    affine_prob: float = 0.5
+    rotate_deg: float = 15.0
+    scale: float = 0.15
+    shear: float = 0.1
+    elastic_prob: float = 0.2
+    elastic_magnitude: float = 1.0
+    flip_prob: float = 0.0
+    gamma_prob: float = 0.3
+    gamma: tuple[float, float] = (0.7, 1.5)
+    bias_prob: float = 0.3
+    bias_coeff: float = 0.3
+    noise_prob: float = 0.15
+    noise_std: float = 0.05
+    blur_prob: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    slaug: bool = False
+    slaug_points: int = 4
+    slaug_grid: int = 3
+    slaug_background: float = 0.01
+    gin: bool = False
+    gin_layers: int = 4
+    gin_channels: int = 2
+    ipa_grid: int = 4
+
+    @property
+    def standard(self) -> bool:
+        """Whether any of the standard (MONAI) transforms is on."""
+        return self.spatial or self.intensity
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on a probability outside [0, 1] or an empty range."""
+        for name in ("affine_prob", "elastic_prob", "flip_prob", "gamma_prob", "bias_prob", "noise_prob",
+                     "blur_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("gamma", "blur_sigma"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"augment.{name} must be (low, high) with 0 < low <= high, got {(lo, hi)}")
+        if self.slaug_points < 2 or self.slaug_grid < 1 or self.gin_layers < 1 or self.gin_channels < 1 \
+                or self.ipa_grid < 2:
+            raise ValueError("augment.slaug_points >= 2, slaug_grid >= 1, gin_layers >= 1, gin_channels >= 1 and "
+                             "ipa_grid >= 2 are required")
+        if self.slaug and self.gin:
+            raise ValueError("augment.slaug and augment.gin both replace the source crops' intensities: choose one")
+
+
+#: Checkpoint-selection rules (``udavae.engine.selection`` defines each).
+SELECTIONS = ("auto", "val-dice", "source-dice", "entropy", "agreement", "plausibility", "snd", "label-free", "last",
+              "ema")
+
+
+@dataclass
+class TrainConfig:
+    """Which weights a run keeps and which one it hands to evaluation and prediction.
+
+    Attributes:
+        selection: the rule that chooses the checkpoint ``evaluate`` / ``predict`` use: ``auto`` (``val-dice``
+            when the target has labelled validation cases, else the label-free default of docs/selection.md),
+            ``val-dice``, ``source-dice``, ``entropy``, ``agreement``, ``plausibility``, ``snd``, ``label-free``
+            (an epoch chosen by that score), ``last`` or ``ema`` (the weight average at the last epoch).
+        ema: decay of the exponential moving average of the weights, updated after every step
+            (0 = none; 0.99 averages over about the last 100 steps). Saved as ``checkpoints/ema.pt``.
+        keep_epochs: keep every epoch's weights (and EMA) as ``checkpoints/epoch_NNN.pt`` (for studies of
+            checkpoint selection; 1-2 MB per epoch at the cpu profile).
+        labelfree_cases: target cases (a fixed, seeded subset of the training pool, recorded in
+            ``selection.json``) on which the label-free scores are computed every epoch; 0 = none.
+    """
+
+    selection: str = "auto"
+    ema: float = 0.99
+    keep_epochs: bool = False
+    labelfree_cases: int = 8
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on an unknown rule or a decay outside [0, 1)."""
+        _choice("train.selection", self.selection, SELECTIONS)
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"train.ema must be in [0, 1), got {self.ema}")
+        if self.selection == "ema" and self.ema == 0.0:
+            raise ValueError("train.selection=ema needs train.ema > 0 (e.g. train.ema=0.99)")
+        if self.labelfree_cases < 0:
+            raise ValueError(f"train.labelfree_cases must be >= 0, got {self.labelfree_cases}")
 
 
 @dataclass
@@ -214,6 +346,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "udavae++"
     profile: str = "paper"
 
@@ -269,13 +403,17 @@ class Config:
             raise ValueError(f"data.resample_mm must be >= 0, got {da.resample_mm}")
         if da.num_workers < -1:
             raise ValueError(f"data.num_workers must be >= 0, or -1 for automatic, got {da.num_workers}")
+        if da.source_holdout < -1:
+            raise ValueError(f"data.source_holdout must be >= 0, or -1 for automatic, got {da.source_holdout}")
         if da.jitter < 0:
             raise ValueError(f"data.jitter must be >= 0, got {da.jitter}")
         for name in ("batch_size", "epochs", "iters_per_epoch"):
             if getattr(op, name) < 1:
                 raise ValueError(f"optim.{name} must be >= 1, got {getattr(op, name)}")
-        if op.lr <= 0:
-            raise ValueError(f"optim.lr must be > 0, got {op.lr}")
+        if not op.lr > 0 or not math.isfinite(op.lr):
+            raise ValueError(f"optim.lr must be a finite number > 0, got {op.lr}")
+        self.augment.validate()
+        self.train.validate()
         me.validate(self)
 
 

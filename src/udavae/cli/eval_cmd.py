@@ -15,9 +15,11 @@ from udavae.errors import DataError, UserError
 
 def _model_args(p: argparse.ArgumentParser, batch: bool = True) -> None:
     """Arguments every command that loads a model folder takes."""
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"),
-                   help="which saved weights to use: 'best' = the epoch with the best validation Dice (default), "
-                   "'last' = the final epoch")
+    p.add_argument("--checkpoint", default="selected",
+                   help="which saved weights to use: 'selected' = the one the run's selection rule chose "
+                   "(RUN/selection.json; default), 'best' = the epoch that rule chose (the best validation Dice "
+                   "under the default rule when the target has labelled validation cases), 'last' = the final epoch, "
+                   "'ema' = the weight average, 'epoch_NNN' / 'epoch_NNN_ema' = a kept epoch")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     if batch:
         p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
@@ -36,12 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "when post-processing changes anything, metrics_raw.csv for the network's raw masks; "
                        "summary.json has both.")
     e.add_argument("run", help="model folder written by 'udavae train'")
-    e.add_argument("--split", default="test", help="split of the evaluated domain (default test)")
+    e.add_argument("--split", default="test", help="split of the evaluated domain (default test); "
+                   "'source-holdout' = the source cases the run held out of training (RUN/selection.json), the "
+                   "evaluation a run with an unlabelled target can have")
     e.add_argument("--domain", help="domain to evaluate (default: the model's target domain)")
     e.add_argument("--dataset", help="dataset folder (default: the one the model was trained on)")
     e.add_argument("--out", help="output folder (default RUN/eval/<domain>_<split>_<checkpoint>)")
     _model_args(e)
     e.add_argument("--save-masks", action="store_true", help="also write the predicted masks (NIfTI)")
+    e.add_argument("--no-qc", action="store_true", help="skip qc.csv (label-free per-case scores and the "
+                   "doubtful flag; 4 more network passes per case)")
     e.set_defaults(func=run_evaluate, tune_malloc=True)
 
     p = sub.add_parser("predict", help="segment new scans (NIfTI in, NIfTI masks out)",
@@ -59,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="segment the good inputs even if some are bad; the skipped files are listed on stderr "
                    "and the exit status is 1 (default: write nothing if any input is bad, exit status 2)")
+    p.add_argument("--no-qc", action="store_true", help="skip qc.csv (label-free per-case scores, volumes in ml "
+                   "and the doubtful flag, worst case first; 4 more network passes per scan)")
     _model_args(p)
     p.set_defaults(func=run_predict, tune_malloc=True)
 
@@ -111,8 +119,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from udavae.evaluation.run import evaluate_run as evaluate_model
 
     model = _load(args.run, args.checkpoint, args.device, args.batch_size, args.amp)
-    evaluate_model(model, args.split, args.domain, args.dataset, args.out, args.save_masks,
-                   postprocess=not args.no_postprocess)
+    qc = None
+    if not args.no_qc:
+        from udavae.engine.labelfree import case_scores
+
+        names = model.info.labels.class_names
+
+        def qc(case):  # noqa: ANN001, ANN202
+            return case_scores(model.predictor, case, names).to_row()
+
+    domain, case_ids = args.domain, None
+    if args.split == "source-holdout":
+        from udavae.engine.model_folder import read_selection
+
+        record = read_selection(args.run) or {}
+        case_ids = record.get("source_holdout") or []
+        if not case_ids:
+            raise UserError(f"{args.run} held no source cases out of training (data.source_holdout)")
+        domain = model.info.source
+    evaluate_model(model, args.split, domain, args.dataset, args.out, args.save_masks,
+                   postprocess=not args.no_postprocess, qc=qc, case_ids=case_ids)
     return 0
 
 
@@ -190,8 +216,10 @@ def _find_bad_inputs(files: list[Path], prep) -> dict[Path, str]:  # noqa: ANN00
 
 
 def _predict_files(files: list[Path], plan: dict[Path, tuple[Path, Path]], predictor, labels,  # noqa: ANN001
-                   prep, samples: int, pp=None) -> list[Path]:  # noqa: ANN001
+                   prep, samples: int, pp=None, qc_rows: list | None = None) -> list[Path]:  # noqa: ANN001
     """Write the mask (and uncertainty map) of each file; return the stale uncertainty maps removed.
+
+    ``qc_rows``: when a list, each file's label-free scores (``udavae.engine.labelfree``) are appended to it.
 
     With ``samples == 1`` an uncertainty map left by an earlier ``--samples K`` run would no longer match
     the new mask beside it, so it is removed before the mask is written. ``pp``: the post-processing
@@ -213,6 +241,12 @@ def _predict_files(files: list[Path], plan: dict[Path, tuple[Path, Path]], predi
         save_like(labels.to_codes(classes), vol, mask)
         if pred.uncertainty is not None:
             save_like(pred.uncertainty, vol, unc, dtype=np.float32)
+        if qc_rows is not None:
+            from udavae.engine.labelfree import image_scores
+
+            scores = image_scores(predictor, mask.name.removesuffix(".nii.gz"), slices, geom, vol.spacing,
+                                  labels.class_names)
+            qc_rows.append({**scores.to_row(), "input": str(f), "mask": str(mask)})
     return removed
 
 
@@ -238,12 +272,18 @@ def run_predict(args: argparse.Namespace) -> int:
         hint = "; --skip-bad segments the others" if good else ""
         raise DataError(f"{len(bad)} of {len(files)} input(s) cannot be segmented, nothing written: "
                         + "; ".join(bad.values()) + hint)
-    from udavae.engine.model_folder import load_postprocessing
-
-    pp = None if args.no_postprocess else load_postprocessing(args.run, args.checkpoint)
+    pp = None if args.no_postprocess else model.postprocessing()
     out = ensure_writable_dir(out)
-    removed = _predict_files(good, plan, predictor, info.labels, info.preprocessing, args.samples, pp)
+    rows: list | None = None if args.no_qc else []
+    removed = _predict_files(good, plan, predictor, info.labels, info.preprocessing, args.samples, pp, rows)
     print(f"wrote {len(good)} mask(s) to {out}" + (" with uncertainty maps" if args.samples > 1 else ""))
+    if rows is not None:
+        from udavae.evaluation.qc import qc_rows, write_qc_csv
+
+        ranked = qc_rows(rows, list(info.labels.class_names.values()))
+        write_qc_csv(out / "qc.csv", ranked)
+        n = sum(r["doubtful"] for r in ranked)
+        print(f"quality control: {n} of {len(ranked)} mask(s) doubtful, listed first in {out / 'qc.csv'}")
     if pp is not None:
         print(pp.describe())
     for u in removed:

@@ -13,12 +13,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from udavae.augment.crop import CropAugment
+from udavae.augment.stage import PYRAMID, image_pyramid, label_pyramid
 from udavae.data.volumes import SliceStack
 
-SCALES = (1, 2, 4)  # full, 1/2, 1/4
+SCALES = PYRAMID  # full, 1/2, 1/4
 
 
 class SliceCropDataset(Dataset):
@@ -32,14 +33,19 @@ class SliceCropDataset(Dataset):
         jitter: maximum shift of the crop from the centre (pixels); offsets are uniform in
             [-jitter, jitter - 1] as ``randint(-16, 16)`` in the reference, clipped to the slice.
         seed: stream seed.
-        augment: random flips, 90-degree rotations and gamma on intensities.
+        augment: random flips, 90-degree rotations and gamma on intensities (``data.augment``, kept for runs
+            configured with it; the ``augment`` section's transforms are richer).
+        crop_augment: the per-crop transforms of the ``augment`` section (standard, SLAug's views), drawn
+            from the crop's own seeded stream; None for none.
     """
 
-    def __init__(self, stack: SliceStack, crop: int, jitter: int, seed: int, augment: bool = False) -> None:
+    def __init__(self, stack: SliceStack, crop: int, jitter: int, seed: int, augment: bool = False,
+                 crop_augment: CropAugment | None = None) -> None:
         h, w = stack.images.shape[1:]
         if crop > min(h, w):
             raise ValueError(f"crop {crop} is larger than the prepared slices ({h}x{w})")
         self.stack, self.crop, self.jitter, self.seed, self.augment = stack, crop, jitter, seed, augment
+        self.crop_augment = crop_augment if crop_augment is not None and crop_augment.active else None
 
     def __len__(self) -> int:
         return len(self.stack)
@@ -59,6 +65,8 @@ class SliceCropDataset(Dataset):
         label = self.stack.labels[sl] if self.stack.labels is not None else None
         if self.augment:
             image, label = _augment(image, label, rng)
+        if self.crop_augment is not None:
+            return self.crop_augment(image, label, rng)
         item = {"image": image[None].contiguous()}
         if label is not None:
             item["label"] = label.long().contiguous()
@@ -89,13 +97,13 @@ def multiscale(batch: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
     block centre (any structure wider than s pixels in both directions does).
     """
     out: dict[str, list[torch.Tensor]] = {}
-    img = batch["image"]
-    out["image"] = [img] + [F.avg_pool2d(img, s) for s in SCALES[1:]]
+    for key, value in batch.items():  # ``image`` and, with SLAug, its class-level view ``image_lla``
+        if key.startswith("image"):
+            out[key] = image_pyramid(value)
     if "label" in batch:
-        lab = batch["label"]
         # Exact nearest neighbour at an integer factor s = the pixel at offset s//2 of each s x s block
         # (identical to F.interpolate(mode="nearest-exact"), without a float round trip).
-        out["label"] = [lab] + [lab[:, s // 2::s, s // 2::s].contiguous() for s in SCALES[1:]]
+        out["label"] = label_pyramid(batch["label"])
     return out
 
 

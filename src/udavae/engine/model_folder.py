@@ -5,7 +5,10 @@ Layout (everything ``evaluate`` / ``predict`` / ``report`` need, nothing else)::
     RUN/config.yaml            resolved configuration (method, architecture, schedule, seed)
     RUN/model.json             label map, preprocessing, domains, dataset, class names, versions
     RUN/checkpoints/last.pt    full training state (model, optimisers, RNG, epoch, best score)
-    RUN/checkpoints/best.pt    weights of the epoch with the best validation Dice
+    RUN/checkpoints/best.pt    weights of the epoch the selection rule chose (train.selection)
+    RUN/checkpoints/ema.pt     moving average of the weights at the last epoch (train.ema)
+    RUN/checkpoints/epoch_NNN[_ema].pt   every epoch's weights (train.keep_epochs)
+    RUN/selection.json         the selection rule, the checkpoint and epoch it chose, every epoch's score
     RUN/log.jsonl, log.csv     one row per epoch (losses, lr, validation Dice, time)
     RUN/postprocessing.json    per checkpoint: structures that keep only their largest component, decided on
                                the validation cases at the end of training (or by ``udavae postprocess``)
@@ -15,6 +18,7 @@ Every file is written atomically (temporary file + rename).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +38,54 @@ from udavae.fileio import atomic_path, read_json, write_json, write_text
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.json"
 POSTPROCESSING_FILE = "postprocessing.json"
-CHECKPOINTS = ("best", "last")
+SELECTION_FILE = "selection.json"
+#: The checkpoint name meaning "the one ``selection.json`` names" (``best`` in folders without it).
+SELECTED = "selected"
+CHECKPOINTS = ("best", "last", "ema")
+#: Names of checkpoints: the three above and, with ``train.keep_epochs``, ``epoch_NNN`` / ``epoch_NNN_ema``.
+_CHECKPOINT_RE = re.compile(r"^(best|last|ema|epoch_\d{3}(_ema)?)$")
 
 
 def checkpoint_path(run: Path, which: str) -> Path:
-    """``RUN/checkpoints/<which>.pt``."""
-    if which not in CHECKPOINTS:
-        raise UserError(f"checkpoint must be one of {CHECKPOINTS}, got {which!r}")
+    """``RUN/checkpoints/<which>.pt`` (``which``: best, last, ema, epoch_NNN or epoch_NNN_ema)."""
+    if not _CHECKPOINT_RE.match(which):
+        raise UserError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, epoch_NNN or epoch_NNN_ema, "
+                        f"got {which!r}")
     return run / "checkpoints" / f"{which}.pt"
+
+
+def selection_path(run: Path) -> Path:
+    """``RUN/selection.json``."""
+    return Path(run) / SELECTION_FILE
+
+
+def write_selection(run: Path, record: dict[str, Any]) -> None:
+    """Record the selection (rule, chosen checkpoint and epoch, scores) atomically."""
+    write_json(selection_path(run), record)
+
+
+def read_selection(run: str | Path) -> dict[str, Any] | None:
+    """The selection record of a model folder, or None (folders trained before selection rules)."""
+    path = selection_path(Path(run))
+    if not path.is_file():
+        return None
+    record = read_json(path, what="selection record")
+    if not isinstance(record, dict) or not isinstance(record.get("checkpoint"), str):
+        raise UserError(f"{path} is corrupt: it names no checkpoint")
+    return record
+
+
+def resolve_checkpoint(run: str | Path, name: str) -> str:
+    """``selected`` -> the checkpoint ``selection.json`` names (``best`` without one); other names unchanged."""
+    if name != SELECTED:
+        return name
+    record = read_selection(run)
+    return record["checkpoint"] if record else "best"
+
+
+def epoch_checkpoint(epoch: int, ema: bool = False) -> str:
+    """The name of epoch ``epoch``'s kept weights (``train.keep_epochs``): ``epoch_007`` / ``epoch_007_ema``."""
+    return f"epoch_{epoch:03d}" + ("_ema" if ema else "")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -56,7 +100,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors and plain containers only; a pickled object can never run code here.
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle / zip errors come in many types
         raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc})") from None
 
@@ -123,7 +168,7 @@ def read_model_folder(run: str | Path) -> tuple[Config, ModelInfo]:
     return cfg, info
 
 
-def load_trained(run: str | Path, checkpoint: str = "best",
+def load_trained(run: str | Path, checkpoint: str = SELECTED,
                  device: str | torch.device = "cpu") -> tuple[Config, ModelInfo, udavae.methods.UDAMethod, dict]:
     """Rebuild the trained method of a model folder, weights loaded, in eval mode.
 
@@ -134,6 +179,7 @@ def load_trained(run: str | Path, checkpoint: str = "best",
 
     run = Path(run)
     cfg, info = read_model_folder(run)
+    checkpoint = resolve_checkpoint(run, checkpoint)
     path = checkpoint_path(run, checkpoint)
     if checkpoint == "best" and not path.is_file() and checkpoint_path(run, "last").is_file():
         raise UserError(f"{path} not found: no validated epoch yet; use --checkpoint last")
@@ -203,7 +249,7 @@ class TrainedModel:
         return load_postprocessing(self.run, self.checkpoint)
 
 
-def open_model(run: str | Path, checkpoint: str = "best", device: str | torch.device = "auto", batch_size: int = 16,
+def open_model(run: str | Path, checkpoint: str = SELECTED, device: str | torch.device = "auto", batch_size: int = 16,
                amp: str | None = None) -> TrainedModel:
     """Load a model folder and a predictor for it (``amp`` None: the precision the model trained in).
 
@@ -218,6 +264,7 @@ def open_model(run: str | Path, checkpoint: str = "best", device: str | torch.de
     from udavae.engine.runtime import resolve_device
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    checkpoint = resolve_checkpoint(run, checkpoint)
     cfg, info, method, state = load_trained(run, checkpoint, dev)
     predictor = Predictor(method.net, info.preprocessing, dev, batch_size=batch_size, amp=amp or cfg.runtime.amp)
     return TrainedModel(Path(run), checkpoint, cfg, info, method, state, predictor)

@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from udavae.engine.model_folder import SELECTED, resolve_checkpoint
 from udavae.engine.sweep_plan import PLAN_FILE, RunSpec, SweepPlan
 from udavae.errors import UserError
 from udavae.evaluation.run import eval_folder
@@ -390,7 +391,8 @@ def run_summaries(sweep: Sweep) -> list[dict[str, Any]]:
         st = sweep.status[spec.name]
         row: dict[str, Any] = {"run": spec.name, "state": st.state, "time": _fmt_time(st.elapsed_s)}
         for split in sweep.plan.splits:
-            f = eval_folder(sweep.run_dir(spec), sweep.plan.target, split, "best") / "summary.json"
+            run = sweep.run_dir(spec)
+            f = eval_folder(run, sweep.plan.target, split, resolve_checkpoint(run, SELECTED)) / "summary.json"
             with contextlib.suppress(UserError, KeyError, TypeError):
                 row[f"{split} Dice"] = f"{100 * read_json(f)['mean_dice']:.2f}" if f.is_file() else ""
         rows.append(row)

@@ -12,7 +12,6 @@ weights are kept separately.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -25,13 +24,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from udavae.config import Config
+from udavae.augment import SourceAugmenter
+from udavae.augment.crop import CropAugment
+from udavae.config import Config, DataConfig
 from udavae.data.preprocessing import Preprocessing
 from udavae.data.sampling import SliceCropDataset, make_loader
 from udavae.data.spec import DatasetSpec
 from udavae.data.volumes import LoadedCase, SliceStack, load_cases
 from udavae.engine import model_folder as mf
+from udavae.engine.ema import WeightAverage
 from udavae.engine.inference import Predictor
+from udavae.engine.labelfree import case_scores, summarize_scores
 from udavae.engine.runtime import (
     barrier,
     compile_module,
@@ -44,6 +47,7 @@ from udavae.engine.runtime import (
     uses_cudagraphs,
     validation_batch,
 )
+from udavae.engine.selection import Selector, resolve_rule
 from udavae.engine.step import batch_to_device, load_optimizer_state, optimisation_step, remember_base_lr
 from udavae.errors import DataError, UserError
 from udavae.evaluation.evaluate import validation_dice
@@ -57,7 +61,13 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class TrainData:
-    """Everything the loop reads: crop datasets and the loaded validation cases."""
+    """Everything the loop reads: crop datasets and the loaded cases scored every epoch.
+
+    Attributes:
+        val_cases: the target's labelled validation cases (empty when the target has none).
+        labelfree_cases: target cases of the training pool scored without labels every epoch.
+        holdout_cases: labelled source cases held out of training (source Dice every epoch).
+    """
 
     source: SliceCropDataset
     target: SliceCropDataset
@@ -66,13 +76,51 @@ class TrainData:
     prep: Preprocessing
     source_cases: list[str] = field(default_factory=list)
     target_cases: list[str] = field(default_factory=list)
+    labelfree_cases: list[LoadedCase] = field(default_factory=list)
+    holdout_cases: list[LoadedCase] = field(default_factory=list)
+
+    @property
+    def has_val(self) -> bool:
+        """Whether the target has labelled validation cases (then ``val-dice`` selection is possible)."""
+        return bool(self.val_cases)
+
+
+def _target_validation(spec: DatasetSpec, cfg: Config) -> list:
+    """The target's labelled validation cases; [] when the target has no ``val`` split (label-free selection).
+
+    A split named by a non-default ``data.val_split`` must exist (a typo never turns selection label-free).
+    """
+    d = cfg.data
+    tgt_splits = spec.splits.get(d.target, {})
+    if d.val_split not in tgt_splits:
+        if d.val_split != DataConfig.val_split:
+            raise DataError(f"dataset {spec.name!r}: target domain {d.target!r} has no {d.val_split!r} split "
+                            f"(splits: {', '.join(tgt_splits) or 'none'}); without data.val_split a target with no "
+                            "'val' split is selected on label-free scores")
+        return []
+    val = spec.split(d.target, d.val_split)
+    if any(c.label is None for c in val):
+        raise DataError(f"dataset {spec.name!r}: validation split {d.target}/{d.val_split} lists cases without "
+                        "labels; remove the split for an unlabelled target, or add the labels")
+    return val
+
+
+def _seeded_pick(items: list, n: int, seed: int) -> list:
+    """``n`` items of ``items`` chosen by ``seed`` (in their original order)."""
+    if n >= len(items):
+        return list(items)
+    keep = set(np.random.default_rng(seed).choice(len(items), size=n, replace=False).tolist())
+    return [x for i, x in enumerate(items) if i in keep]
 
 
 def prepare_data(cfg: Config) -> TrainData:
-    """Resolve the source / target pools and the validation split, and load them once.
+    """Resolve the source / target pools, the validation cases and the label-free set, and load them once.
+
+    The target's labels are read only for its validation split; a target without labels trains all the same
+    (selection then follows a label-free rule, ``udavae.engine.selection``).
 
     Raises:
-        DataError: missing dataset, domain, labels or validation split.
+        DataError: missing dataset, domain or source labels.
     """
     if not cfg.data.dataset:
         raise UserError("no dataset given (--dataset DATASET_FOLDER)")
@@ -80,21 +128,19 @@ def prepare_data(cfg: Config) -> TrainData:
     d = cfg.data
     if d.source == d.target:
         raise UserError(f"source and target domains are both {d.source!r}")
+    spec.cases(d.target)  # a clear error for an unknown target domain
     src_splits = spec.splits.get(d.source, {})
     src = spec.split(d.source, "train") if "train" in src_splits else spec.cases(d.source)
     src = [c for c in src if c.label is not None]
     if not src:
         raise DataError(f"dataset {spec.name!r}: domain {d.source!r} has no labelled cases to train on")
-    tgt_splits = spec.splits.get(d.target, {})
-    if d.val_split not in tgt_splits:
-        raise DataError(
-            f"dataset {spec.name!r}: target domain {d.target!r} has no {d.val_split!r} split; model selection "
-            f"needs labelled validation cases (splits: {', '.join(tgt_splits) or 'none'})"
-        )
-    val = spec.split(d.target, d.val_split)
-    if not val or any(c.label is None for c in val):
-        raise DataError(f"dataset {spec.name!r}: validation split {d.target}/{d.val_split} needs labelled cases")
-    test_ids = set(tgt_splits.get(d.test_split, []))
+    val = _target_validation(spec, cfg)
+    n_hold = d.source_holdout if d.source_holdout >= 0 else (0 if val else max(1, round(0.1 * len(src))))
+    if n_hold >= len(src):
+        raise DataError(f"data.source_holdout={n_hold} leaves no source case to train on ({len(src)} cases)")
+    hold = _seeded_pick(src, n_hold, cfg.runtime.seed + 104729) if n_hold else []
+    src = [c for c in src if c not in hold]
+    test_ids = set(spec.splits.get(d.target, {}).get(d.test_split, []))
     pool = spec.cases(d.target)
     if d.target_pool == "inductive":
         pool = [c for c in pool if c.id not in test_ids]
@@ -104,9 +150,14 @@ def prepare_data(cfg: Config) -> TrainData:
     # Target pool: images only (labels are never read for training).
     tgt_loaded = load_cases(spec, pool, prep, with_labels=False, desc=f"loading {d.target}")
     val_loaded = load_cases(spec, val, prep, with_labels=True, desc=f"loading {d.target} val")
-    source = SliceCropDataset(SliceStack.from_cases(src_loaded, True), d.crop, d.jitter, seed * 2 + 1, d.augment)
-    target = SliceCropDataset(SliceStack.from_cases(tgt_loaded, False), d.crop, d.jitter, seed * 2 + 2, d.augment)
-    return TrainData(source, target, val_loaded, spec, prep, [c.id for c in src], [c.id for c in pool])
+    hold_loaded = load_cases(spec, hold, prep, with_labels=True, desc=f"loading {d.source} held out")
+    source = SliceCropDataset(SliceStack.from_cases(src_loaded, True), d.crop, d.jitter, seed * 2 + 1, d.augment,
+                              CropAugment(cfg.augment, source=True))
+    target = SliceCropDataset(SliceStack.from_cases(tgt_loaded, False), d.crop, d.jitter, seed * 2 + 2, d.augment,
+                              CropAugment(cfg.augment, source=False))
+    labelfree = _seeded_pick(tgt_loaded, cfg.train.labelfree_cases, seed + 7919)
+    return TrainData(source, target, val_loaded, spec, prep, [c.id for c in src], [c.id for c in pool],
+                     labelfree, hold_loaded)
 
 
 def run_preprocessing(cfg: Config, spec: DatasetSpec) -> Preprocessing:
@@ -145,6 +196,11 @@ class Trainer:
             raise UserError(f"{self.run} already holds a training run; use --resume or another --out folder")
         seed_everything(cfg.runtime.seed + self.dist.rank)
         self.data = prepare_data(cfg)  # before creating RUN: a bad dataset leaves nothing behind
+        try:
+            rule = resolve_rule(cfg.train.selection, self.data.has_val, cfg.train.ema > 0)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        self.selector = Selector(rule)
         if self.dist.is_main:
             ensure_writable_dir(self.run)
         labels = self.data.spec.labels
@@ -163,7 +219,9 @@ class Trainer:
             self.model = DDP(self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.model = compile_module(self.model, cfg.runtime, self.device)
         self.cudagraphs = uses_cudagraphs(cfg.runtime, self.device)
-        self.epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
+        self.augmenter = SourceAugmenter(cfg.augment, cfg.runtime.seed, pairs=self.method.view_pairs)
+        self.ema = WeightAverage(self.method, cfg.train.ema) if cfg.train.ema > 0 else None
+        self.epoch = 0
         self.history: list[dict[str, Any]] = []
         # Stream of dropout / latent noise: distinct per rank; restored exactly on resume.
         torch.manual_seed(cfg.runtime.seed * 1000 + self.dist.rank)
@@ -182,9 +240,9 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "epoch": self.epoch,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
+            "selection": self.selector.record(),
             "history": self.history,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "config": self.cfg.to_dict(),
@@ -197,14 +255,22 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         for k, o in self.optimizers.items():
             load_optimizer_state(o, state["optimizers"][k])
-        self.epoch, self.best_score = state["epoch"], state["best_score"]
-        self.best_epoch, self.history = state["best_epoch"], state["history"]
+        self.epoch, self.history = state["epoch"], state["history"]
+        if "selection" in state:
+            self.selector = Selector.from_record(state["selection"])
+        else:  # checkpoints written before selection rules: validation Dice
+            self.selector = Selector("val-dice", state["best_epoch"], state["best_score"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if self.dist.is_main:
-            best = (f"; best validation Dice {100 * self.best_score:.2f} at epoch {self.best_epoch}"
-                    if self.best_epoch >= 0 else "")
+            sel, best = self.selector, ""
+            if sel.best_epoch >= 0 and sel.rule == "val-dice":
+                best = f"; best validation Dice {100 * sel.record()['best_score']:.2f} at epoch {sel.best_epoch}"
+            elif sel.best_epoch >= 0 and sel.column:
+                best = f"; {sel.rule} chose epoch {sel.best_epoch} so far"
             tqdm.write(f"resuming {self.run} after epoch {self.epoch} of {self.cfg.optim.epochs}{best}")
 
     # ------------------------------------------------------------------ loop
@@ -220,32 +286,58 @@ class Trainer:
                 row = {"epoch": self.epoch + 1, **stats}
                 last_epoch = self.epoch == cfg.optim.epochs - 1
                 if is_main and ((self.epoch + 1) % cfg.runtime.val_every == 0 or last_epoch):
-                    row.update(self._validate())
+                    row.update(self._scores())
                 self.epoch += 1
                 if is_main:
                     self._end_epoch(row)
                 barrier(self.dist)
             self._check_replicas()
             if is_main:
+                self._finish_selection()
                 self._decide_postprocessing()
         finally:
             shutdown_distributed(self.dist)
-        return {"best_epoch": self.best_epoch, "best_val_dice": self.best_score,
-                "epochs": self.epoch, "wall_time_s": time.time() - start_time}
+        sel = self.selector
+        return {"selection": sel.rule, "checkpoint": sel.checkpoint, "best_epoch": sel.best_epoch,
+                "best_score": sel.record()["best_score"], "epochs": self.epoch,
+                "wall_time_s": time.time() - start_time}
+
+    def _finish_selection(self) -> None:
+        """Write ``selection.json`` and print the rule, the chosen epoch and the scores of every epoch."""
+        sel = self.selector
+        record = {**sel.record(), "labelfree_cases": [c.id for c in self.data.labelfree_cases],
+                  "source_holdout": [c.id for c in self.data.holdout_cases]}
+        mf.write_selection(self.run, record)
+        cols = [c for c in ("val/dice_mean", "src/dice_mean", "lf/entropy", "lf/agreement", "lf/plausibility",
+                            "lf/snd") if any(c in r for r in self.history)]
+        lines = ["epoch  " + "  ".join(f"{c:>15}" for c in cols)]
+        for r in self.history:
+            mark = "  <- chosen" if r["epoch"] == sel.best_epoch else ""
+            lines.append(f"{r['epoch']:>5}  " + "  ".join(f"{_fmt(r.get(c)):>15}" for c in cols) + mark)
+        tqdm.write("\n".join(lines))
+        tqdm.write(f"selection: {sel.rule} -> checkpoint '{sel.checkpoint}' (epoch {sel.best_epoch}); "
+                   f"recorded in {mf.selection_path(self.run)}")
 
     def _decide_postprocessing(self) -> None:
-        """Decide and store the post-processing of both checkpoints on the validation cases (nothing else)."""
+        """Decide and store the post-processing of each checkpoint on the validation cases (nothing else).
+
+        Without labelled target validation cases nothing is decided: masks are not post-processed.
+        """
         from udavae.engine.postprocessing import decide_and_save
 
+        if not self.data.has_val:
+            tqdm.write("no labelled target validation cases: no post-processing decided (masks stay raw)")
+            return
         names, where = self.info.labels.class_names, f"{self.cfg.data.target}/{self.cfg.data.val_split}"
         last_weights = {k: v.clone() for k, v in self.method.state_dict().items()}
         lines = [decide_and_save(self.run, "last", self.predictor, self.data.val_cases, names, where).describe()]
-        best = mf.checkpoint_path(self.run, "best")
-        if best.is_file():
-            self.method.load_state_dict(mf.load_checkpoint(best, map_location=self.device)["method"])
-            lines.insert(0, decide_and_save(self.run, "best", self.predictor, self.data.val_cases, names,
-                                            where).describe())
-            self.method.load_state_dict(last_weights)
+        for name in ("best", "ema"):
+            path = mf.checkpoint_path(self.run, name)
+            if path.is_file():
+                self.method.load_state_dict(mf.load_checkpoint(path, map_location=self.device)["method"])
+                lines.append(decide_and_save(self.run, name, self.predictor, self.data.val_cases, names,
+                                             where).describe())
+        self.method.load_state_dict(last_weights)
         for line in lines:
             tqdm.write(line)
 
@@ -300,9 +392,12 @@ class Trainer:
             if fault and start + it >= fault:
                 os._exit(137)
             src = batch_to_device(next(src_it), self.device, cl)
+            src = self.augmenter(src, self.method.net, start + it)
             tgt = batch_to_device(next(tgt_it), self.device, cl) if tgt_it is not None else None
             losses = optimisation_step(self.method, self.optimizers, src, tgt, self.device, cfg.runtime.amp,
                                        self.cudagraphs, forward=self.model, step=start + it)
+            if self.ema is not None:
+                self.ema.update(self.method)
             for k, v in losses.items():  # new tensors: a CUDA-graph replay may overwrite ``losses``
                 v = v.detach().float()
                 sums[k] = sums[k] + v if k in sums else v.clone()
@@ -326,30 +421,56 @@ class Trainer:
                 "Try a lower optim.lr or runtime.amp=none."
             )
 
-    def _validate(self) -> dict[str, float]:
+    def _scores(self) -> dict[str, float]:
+        """This epoch's selection scores: target validation Dice, source held-out Dice, label-free scores."""
+        out: dict[str, float] = {}
         names = list(self.info.labels.class_names.values())
-        dice = validation_dice(self.predictor, self.data.val_cases, self.num_classes)
-        per = np.nanmean(dice, axis=0)
-        out = {f"val/dice_{n}": float(v) for n, v in zip(names, per)}
-        out["val/dice_mean"] = float(np.nanmean(per))
+        for prefix, cases in (("val", self.data.val_cases), ("src", self.data.holdout_cases)):
+            if cases:
+                per = np.nanmean(validation_dice(self.predictor, cases, self.num_classes), axis=0)
+                out.update({f"{prefix}/dice_{n}": float(v) for n, v in zip(names, per)})
+                out[f"{prefix}/dice_mean"] = float(np.nanmean(per))
+        if self.data.labelfree_cases:
+            scores = summarize_scores(case_scores(self.predictor, c, self.info.labels.class_names)
+                                      for c in self.data.labelfree_cases)
+            out.update({f"lf/{k}": v for k, v in scores.items()})
+            out["lf/combined"] = (scores["agreement"] + scores["plausibility"]) / 2
         return out
 
     def _end_epoch(self, row: dict[str, Any]) -> None:
-        score = row.get("val/dice_mean")
-        if score is not None and score > self.best_score:
-            self.best_score, self.best_epoch = score, self.epoch
-            mf.save_checkpoint(mf.checkpoint_path(self.run, "best"),
-                               {"method": self.method.state_dict(), "epoch": self.best_epoch, "val_dice": score,
-                                "config": self.cfg.to_dict()})
-        row["best_epoch"], row["best_val_dice"] = self.best_epoch, self.best_score
+        sel = self.selector
+        chosen = sel.update(self.epoch, row)
+        row["selected_epoch"] = sel.best_epoch
         self.history.append(row)
+        # last.pt first: a kill between the two writes never leaves a best.pt of an epoch the log lacks.
         mf.save_checkpoint(mf.checkpoint_path(self.run, "last"), self._state())
+        if chosen:
+            mf.save_checkpoint(mf.checkpoint_path(self.run, "best"),
+                               {"method": self.method.state_dict(), "epoch": self.epoch, "rule": sel.rule,
+                                "score": row.get(sel.column or ""), "config": self.cfg.to_dict()})
+        self._save_weights()
         self._write_logs()
         msg = f"epoch {self.epoch}/{self.cfg.optim.epochs}: loss {row.get('loss/total', float('nan')):.4g}"
-        if score is not None:
-            msg += f"  val Dice {100 * score:.2f}" + (" (best)" if self.best_epoch == self.epoch else "")
+        if "val/dice_mean" in row:
+            msg += f"  val Dice {100 * row['val/dice_mean']:.2f}"
+        if "lf/agreement" in row:
+            msg += f"  agreement {row['lf/agreement']:.3f}  plausible {row['lf/plausibility']:.2f}"
+        if chosen:
+            msg += f" (chosen by {sel.rule})"
         msg += f"  lr {row['lr']:.2e}  {row['train_time_s']:.0f}s"
         tqdm.write(msg)
+
+    def _save_weights(self) -> None:
+        """The EMA checkpoint and, with ``train.keep_epochs``, this epoch's weights (and EMA)."""
+        tag = {"epoch": self.epoch, "config": self.cfg.to_dict()}
+        if self.ema is not None:
+            mf.save_checkpoint(mf.checkpoint_path(self.run, "ema"), {"method": self.ema.state_dict(), **tag})
+        if self.cfg.train.keep_epochs:
+            mf.save_checkpoint(mf.checkpoint_path(self.run, mf.epoch_checkpoint(self.epoch)),
+                               {"method": self.method.state_dict(), **tag})
+            if self.ema is not None:
+                mf.save_checkpoint(mf.checkpoint_path(self.run, mf.epoch_checkpoint(self.epoch, ema=True)),
+                                   {"method": self.ema.state_dict(), **tag})
 
     def _write_logs(self) -> None:
         write_text(self.run / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))

@@ -11,8 +11,12 @@ object with the attributes of :class:`EvaluableModel`, so this layer does not im
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
 
 from udavae.config import Config
 from udavae.data.preprocessing import Preprocessing
@@ -75,7 +79,8 @@ def eval_folder(run: str | Path, domain: str, split: str, checkpoint: str) -> Pa
 
 def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None = None, dataset: str | None = None,
                  out: str | Path | None = None, save_masks: bool = False, verbose: bool = True,
-                 postprocess: bool = True) -> tuple[dict[str, Any], Path]:
+                 postprocess: bool = True, qc: Callable[[Any], dict[str, Any]] | None = None,
+                 case_ids: list[str] | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a loaded model folder on a split; write metrics.csv / summary.json; return (summary, folder).
 
     With ``postprocess`` the decision stored for the model's checkpoint (if any) is applied and the summary
@@ -90,6 +95,8 @@ def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None 
         save_masks: also write the predicted masks (NIfTI, the dataset's label codes) into ``out/masks``.
         verbose: print the tables and notes.
         postprocess: apply the stored post-processing decision.
+        qc: ``case -> label-free scores`` (the engine's ``case_scores``); when given, ``qc.csv`` lists every
+            case's scores, its mean Dice and the ``doubtful`` flag, worst first.
 
     Raises:
         DataError: a case of the split has no label.
@@ -102,7 +109,14 @@ def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None 
     cfg, info, run, checkpoint = model.config, model.info, model.run, model.checkpoint
     spec = DatasetSpec.load(dataset or info.dataset_path)
     domain = domain or info.target
-    cases = spec.split(domain, split)
+    if case_ids is None:
+        cases = spec.split(domain, split)
+    else:
+        known = {c.id: c for c in spec.cases(domain)}
+        missing = [i for i in case_ids if i not in known]
+        if missing:
+            raise DataError(f"cases {missing} are not in domain {domain!r} of {spec.root}")
+        cases = [known[i] for i in case_ids]
     unlabelled = [c.id for c in cases if c.label is None]
     if unlabelled:
         raise DataError(f"cannot evaluate {domain}/{split}: cases without labels {unlabelled}")
@@ -126,10 +140,26 @@ def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None 
         summary["raw"] = summary_of(raw_rows)
         write_metrics_csv(out / "metrics_raw.csv", raw_rows)
     write_metrics_csv(out / "metrics.csv", rows)
+    if qc is not None:
+        write_case_qc(out / "qc.csv", loaded, rows, qc, list(info.labels.class_names.values()))
     write_summary(out / "summary.json", summary)
     if verbose:
         print_evaluation(summary, cfg.method.name, list(info.labels.class_names.values()), pp, out)
     return summary, out
+
+
+def write_case_qc(path: Path, cases: list, rows: list[dict[str, Any]], qc: Callable[[Any], dict[str, Any]],
+                  structures: list[str]) -> None:
+    """``qc.csv`` of evaluated cases: label-free scores, the doubtful flag and each case's mean Dice."""
+    from udavae.evaluation.qc import qc_rows, write_qc_csv
+
+    dice: dict[str, list[float]] = {}
+    for r in rows:
+        dice.setdefault(r["case"], []).append(r["dice"])
+    scored = []
+    for case in tqdm(cases, desc="quality control", unit="case", leave=False, disable=None):
+        scored.append({**qc(case), "dice_mean": float(np.nanmean(dice.get(case.id, [np.nan])))})
+    write_qc_csv(path, qc_rows(scored, structures))
 
 
 def print_evaluation(summary: dict[str, Any], method: str, names: list[str], pp: PostProcessing | None,

@@ -4,6 +4,7 @@ Every function casts its inputs to float32 inside, so all are safe to call under
 """
 
 from udavae.losses.characteristic import cf_distance
+from udavae.losses.consistency import symmetric_kl
 from udavae.losses.gaussian_distance import gaussian_kernel_distance, gaussian_kernel_distance_flat
 from udavae.losses.kl import kl_divergence
 from udavae.losses.mutual_info import jsd_mi
@@ -18,4 +19,5 @@ __all__ = [
     "jsd_mi",
     "kl_divergence",
     "reconstruction_bce",
+    "symmetric_kl",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from udavae.config import Config, register_method_options
 from udavae.methods.base import MethodOptions, UDAMethod
 from udavae.methods.cfd import CFDMethod, CFDOptions
+from udavae.methods.gin_ipa import GinIpa, GinIpaOptions
 from udavae.methods.noadapt import NoAdapt, NoAdaptOptions
 from udavae.methods.pnp_adanet import PnPAdaNet, PnPAdaNetOptions
 from udavae.methods.sifa import SIFAMethod, SIFAOptions
@@ -20,6 +21,7 @@ __all__ = ["METHODS", "CFDMethod", "CFDOptions", "MethodOptions", "NoAdapt", "No
            "VAEMethod", "VAEOptions", "build_method", "register_method"]
 __all__ += ["SIFAMethod", "SIFAOptions"]
 __all__ += ["PnPAdaNet", "PnPAdaNetOptions"]
+__all__ += ["GinIpa", "GinIpaOptions"]
 
 #: ``method.kind`` -> method class (the registry; :func:`register_method` fills it).
 METHODS: dict[str, type[UDAMethod]] = {}
@@ -40,6 +42,7 @@ for _cls in (NoAdapt, VAEMethod, CFDMethod):
     register_method(_cls)
 register_method(SIFAMethod)
 register_method(PnPAdaNet)
+register_method(GinIpa)
 
 
 def build_method(cfg: Config, num_classes: int) -> UDAMethod:

@@ -121,6 +121,9 @@ class UDAMethod(nn.Module):
     supports_distributed: ClassVar[bool] = True
     #: Whether :meth:`forward` needs a target batch.
     needs_target: bool = True
+    #: Whether the source batch holds two augmented views of every crop, stacked along the batch
+    #: (:class:`udavae.augment.SourceAugmenter` builds them; GIN-IPA's consistency loss reads them).
+    view_pairs: ClassVar[bool] = False
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()

@@ -43,10 +43,12 @@ def _vae(wiring: str, head: str, g: bool, l: bool, p: bool) -> dict[str, Any]:
     }
 
 
+_NOADAPT = {"method.kind": "noadapt", "model.wiring": "skip", "model.mean_head": "gate"}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "udavae++": _vae("concat", "conv", True, True, True),
     "uda-vae": _vae("skip", "gate", False, False, False),
-    "noadapt": {"method.kind": "noadapt", "model.wiring": "skip", "model.mean_head": "gate"},
+    "noadapt": dict(_NOADAPT),
     "cfdnet": {
         "method.kind": "cfd",
         "model.wiring": "skip",
@@ -63,6 +65,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "abl-cn-glp": _vae("concat", "conv", True, True, True),
     "abl-full": _vae("concat", "gate", True, True, True),
     "pnp-adanet": {"method.kind": "pnp_adanet", "model.wiring": "skip", "model.mean_head": "gate"},
+    # Augmentation presets (docs/augmentation.md): the noadapt segmenter with stronger source crops. The first
+    # three use no target images.
+    "noadapt-aug": {**_NOADAPT, "augment.spatial": True, "augment.intensity": True},
+    "slaug": {**_NOADAPT, "augment.spatial": True, "augment.slaug": True},
+    "gin-ipa": {"method.kind": "gin_ipa", "model.wiring": "skip", "model.mean_head": "gate", "augment.spatial": True,
+                "augment.gin": True},
+    "udavae++slaug": {**_vae("concat", "conv", True, True, True), "augment.spatial": True, "augment.slaug": True},
 }
 
 PRESET_HELP: dict[str, str] = {
@@ -82,6 +91,13 @@ PRESET_HELP: dict[str, str] = {
     "abl-full": "ablation, every component: concat wiring, gate head, global+local+prior SMIE",
     "pnp-adanet": "PnP-AdaNet: the noadapt segmenter, then its early encoder levels re-trained on target "
                   "images against WGAN critics of multi-level features and masks",
+    "noadapt-aug": "noadapt with the standard augmentation (MONAI affine, elastic, gamma, bias field, noise, blur); "
+                   "uses no target images",
+    "slaug": "SLAug (Su et al. AAAI 2023): noadapt segmenter, spatial augmentation + global/class-level "
+             "location-scale views fused by saliency balancing; uses no target images",
+    "gin-ipa": "GIN-IPA (Ouyang et al. TMI 2023): random-convolution and IPA views + spatial augmentation, "
+               "consistency between the views; uses no target images",
+    "udavae++slaug": "UDA-VAE++ trained on SLAug's fused source views (+ spatial augmentation)",
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -125,6 +141,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "optim.iters_per_epoch": 5,
         "optim.lr": 1e-3,
         "optim.lr_decay": 0.9,
+        "train.labelfree_cases": 2,
     },
 }
 

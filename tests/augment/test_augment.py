@@ -1,0 +1,203 @@
+"""Augmentations (issue: strong augmentation, SLAug, GIN-IPA): alignment, curves, class-level locality, fusion,
+GIN networks, consistency, and that nothing augments at evaluation or prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from udavae.augment import (
+    SourceAugmenter,
+    StandardAugment,
+    bezier_curve,
+    class_location_scale,
+    fuse,
+    gin_views,
+    global_location_scale,
+    local_location_scale,
+    random_gin,
+    saliency_map,
+)
+from udavae.augment.crop import CropAugment
+from udavae.augment.stage import image_pyramid, label_pyramid
+from udavae.config import AugmentConfig
+from udavae.losses import symmetric_kl
+
+
+def _phantom(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image whose intensity encodes its label (background 0.1, classes 0.4 / 0.7 / 0.95) and a label map."""
+    yy, xx = np.mgrid[:size, :size]
+    d = np.hypot(yy - size / 2 + 3, xx - size / 2 + 5)
+    label = np.zeros((size, size), np.int64)
+    label[d < 18] = 1
+    label[d < 11] = 2
+    label[(abs(yy - size / 2) < 6) & (xx > size / 2 + 14) & (xx < size / 2 + 26)] = 3
+    lut = np.array([0.1, 0.4, 0.7, 0.95], np.float32)
+    return torch.from_numpy(lut[label]), torch.from_numpy(label)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_spatial_transforms_move_label_with_image(seed: int) -> None:
+    """After a random affine + elastic deformation the label still marks the pixels of its own intensity."""
+    image, label = _phantom()
+    aug = StandardAugment(AugmentConfig(spatial=True, affine_prob=1.0, elastic_prob=1.0, flip_prob=0.5,
+                                        rotate_deg=30))
+    out, lab = aug(image, label, seed)
+    assert out.shape == image.shape and lab.shape == label.shape and lab.dtype == label.dtype
+    assert set(lab.unique().tolist()) <= {0, 1, 2, 3}
+    assert not torch.equal(lab, label)  # it did move
+    lut = torch.tensor([0.1, 0.4, 0.7, 0.95])
+
+    def agreement(lbl: torch.Tensor) -> float:
+        inside = lbl > 0
+        return float(((out[inside] - lut[lbl[inside]]).abs() < 0.05).float().mean())
+
+    # Nearest labels vs bilinear images differ only on boundaries: most labelled pixels keep their intensity,
+    # and clearly more than if the label had stayed where it was.
+    assert agreement(lab) > 0.8
+    assert 1 - agreement(lab) < 0.7 * (1 - agreement(label))
+
+
+def test_intensity_transforms_leave_the_label_and_range() -> None:
+    image, label = _phantom()
+    aug = StandardAugment(AugmentConfig(intensity=True, gamma_prob=1, bias_prob=1, noise_prob=1, blur_prob=1))
+    out, lab = aug(image, label, 3)
+    assert torch.equal(lab, label)
+    assert not torch.allclose(out, image) and float(out.min()) >= 0 and float(out.max()) <= 1
+    again, _ = aug(image, label, 3)
+    assert torch.equal(out, again)  # seeded: the same crop position gives the same draw
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("seed", range(5))
+def test_location_scale_curves_are_monotone_onto_unit_interval(seed: int, inverse: bool) -> None:
+    xs, ys = bezier_curve(np.random.default_rng(seed), points=4, inverse=inverse)
+    v = np.linspace(0, 1, 1001)
+    y = np.interp(v, xs, ys)
+    steps = np.diff(y)
+    assert (steps <= 1e-12).all() if inverse else (steps >= -1e-12).all()
+    assert (y[0], y[-1]) == ((1.0, 0.0) if inverse else (0.0, 1.0))
+    assert y.min() >= 0 and y.max() <= 1
+
+
+def test_global_view_stays_in_range_and_changes_intensities() -> None:
+    image, _ = _phantom()
+    out = global_location_scale(image.numpy(), np.random.default_rng(0))
+    assert out.shape == image.shape and out.min() >= 0 and out.max() <= 1
+    assert not np.allclose(out, image.numpy())
+
+
+def test_class_level_changes_only_inside_the_structure() -> None:
+    image, label = _phantom()
+    region = (label == 2).numpy()
+    out = class_location_scale(image.numpy(), region, np.random.default_rng(1))
+    assert np.array_equal(out[~region], image.numpy()[~region])
+    assert not np.allclose(out[region], image.numpy()[region])
+
+
+def test_local_view_keeps_dark_background_and_labels_map_to_one_value_each() -> None:
+    image, label = _phantom()
+    img = image.numpy().copy()
+    img[:4] = 0.0  # air
+    out = local_location_scale(img, label.numpy(), np.random.default_rng(2))
+    assert np.array_equal(out[:4], img[:4])
+    for c in range(4):  # one input intensity per structure -> one output intensity per structure
+        values = out[(label.numpy() == c) & (img > 0.01)]
+        assert np.ptp(values) < 1e-6
+
+
+def test_saliency_fusion_extremes_return_each_view() -> None:
+    g = torch.Generator().manual_seed(0)
+    gla, lla = torch.rand(2, 1, 16, 16, generator=g), torch.rand(2, 1, 16, 16, generator=g)
+    assert torch.equal(fuse(gla, lla, torch.ones(2, 1, 16, 16)), gla)
+    assert torch.equal(fuse(gla, lla, torch.zeros(2, 1, 16, 16)), lla)
+
+
+def test_saliency_map_is_coarse_and_normalised() -> None:
+    grad = torch.zeros(1, 1, 30, 30)
+    grad[..., :10, :10] = 5.0  # all gradient in the top-left cell of a 3x3 grid
+    s = saliency_map(grad, grid=3)
+    assert s.shape == (1, 1, 30, 30)
+    assert float(s.max()) == pytest.approx(1.0) and float(s.min()) == pytest.approx(0.0, abs=1e-6)
+    assert float(s[0, 0, 0, 0]) == pytest.approx(1.0) and float(s[0, 0, -1, -1]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gin_keeps_shape_range_and_redraws_each_call_under_a_seed() -> None:
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(7)
+    a, b = random_gin(x, g), random_gin(x, g)
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1 + 1e-6
+    assert not torch.allclose(a, b)  # a new network per call
+    again = random_gin(x, torch.Generator().manual_seed(7))
+    assert torch.equal(a, again)  # the same seed draws the same network
+    assert not torch.allclose(a[0], a[1] * a[0].norm() / a[1].norm())  # one network per crop
+    gin, ipa = gin_views(x, torch.Generator().manual_seed(1))
+    assert gin.shape == ipa.shape == x.shape
+
+
+def test_consistency_loss_is_zero_for_identical_views_and_positive_otherwise() -> None:
+    logits = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert float(symmetric_kl(logits, logits)) == pytest.approx(0.0, abs=1e-7)
+    assert float(symmetric_kl(logits, logits.flip(-1))) > 0
+    # closed form for one pixel, two classes: p = (0.5, 0.5), q = (0.8, 0.2)
+    p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.8, 0.2])
+    expected = 0.5 * float((p * (p / q).log()).sum() + (q * (q / p).log()).sum())
+    got = symmetric_kl(p.log().view(1, 2, 1, 1), q.log().view(1, 2, 1, 1))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+class _Net(torch.nn.Module):
+    """A tiny segmenter with the ``.logits`` output the stage reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor):  # noqa: ANN201
+        return type("Out", (), {"logits": self.conv(x)})()
+
+
+def test_slaug_stage_fuses_views_and_leaves_weights_without_gradient() -> None:
+    image, label = _phantom(32)
+    crop = CropAugment(AugmentConfig(slaug=True), source=True)
+    items = [crop(image, label, np.random.default_rng(s)) for s in range(2)]
+    batch = {"image": image_pyramid(torch.stack([i["image"] for i in items])),
+             "image_lla": image_pyramid(torch.stack([i["image_lla"] for i in items])),
+             "label": label_pyramid(torch.stack([i["label"] for i in items]))}
+    net = _Net()
+    out = SourceAugmenter(AugmentConfig(slaug=True), 0)(batch, net, 0)
+    fused, gla, lla = out["image"][0], batch["image"][0], batch["image_lla"][0]
+    assert [t.shape for t in out["image"]] == [t.shape for t in batch["image"]]
+    lo, hi = torch.minimum(gla, lla), torch.maximum(gla, lla)
+    assert bool(((fused >= lo - 1e-6) & (fused <= hi + 1e-6)).all())  # a convex blend of the two views
+    assert all(p.grad is None for p in net.parameters())  # the saliency pass does not touch the update
+    assert out["label"] is batch["label"]
+
+
+def test_gin_pairs_stack_two_views_with_labels_repeated() -> None:
+    image, label = _phantom(32)
+    batch = {"image": image_pyramid(image[None, None].repeat(3, 1, 1, 1)),
+             "label": label_pyramid(label[None].repeat(3, 1, 1))}
+    out = SourceAugmenter(AugmentConfig(gin=True), 0, pairs=True)(batch, _Net(), 5)
+    assert out["image"][0].shape == (6, 1, 32, 32) and out["label"][0].shape == (6, 32, 32)
+    assert torch.equal(out["label"][0][:3], out["label"][0][3:])
+    single = SourceAugmenter(AugmentConfig(gin=True), 0)(batch, _Net(), 5)
+    assert single["image"][0].shape == (3, 1, 32, 32)
+
+
+def test_target_crops_get_standard_augmentation_only_when_asked() -> None:
+    assert not CropAugment(AugmentConfig(spatial=True), source=False).active
+    assert CropAugment(AugmentConfig(spatial=True, target=True), source=False).active
+    assert not CropAugment(AugmentConfig(slaug=True, target=True), source=False).active  # SLAug needs labels
+
+
+def test_config_validation_of_augment_keys() -> None:
+    from udavae.methods.presets import build_config
+
+    with pytest.raises(ValueError, match="affine_prob"):
+        build_config("noadapt", "tiny", {"augment.affine_prob": 1.5})
+    with pytest.raises(ValueError, match="choose one"):
+        build_config("slaug", "tiny", {"augment.gin": True})
+    with pytest.raises(ValueError, match="augment.gin=true"):
+        build_config("gin-ipa", "tiny", {"augment.gin": False})

@@ -1,0 +1,85 @@
+"""A target domain with no labels at all: every preset trains, selects without labels, evaluates on the held-out
+source cases and predicts with qc.csv; the target's label files are never read (they do not exist)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from udavae.cli import main
+from udavae.data.synthetic import generate_dataset
+from udavae.engine import model_folder as mf
+from udavae.engine.trainer import train
+from udavae.methods.presets import PRESETS, build_config
+
+TINY = {"optim.epochs": 2, "optim.iters_per_epoch": 2, "optim.batch_size": 2, "model.base_width": 4,
+        "model.recon_width": 8, "data.crop": 48, "data.jitter": 4, "train.labelfree_cases": 1,
+        "runtime.device": "cpu", "data.num_workers": 0}
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ul") / "data"
+    generate_dataset(root, n_source=5, n_target=3, size=64, slices=3, seed=2, n_val=1)
+    spec = json.loads((root / "dataset.json").read_text())
+    for case in spec["domains"]["LGE"]:
+        case.pop("label", None)
+    spec["splits"].pop("LGE", None)
+    (root / "dataset.json").write_text(json.dumps(spec))
+    shutil.rmtree(root / "LGE" / "labels")  # any read of a target label would fail
+    return root
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_trains_and_selects_without_target_labels(preset: str, unlabelled: Path,
+                                                               tmp_path: Path) -> None:
+    cfg = build_config(preset, "tiny", {**TINY, "data.dataset": str(unlabelled)})
+    fit = train(cfg, tmp_path / "run")
+    assert fit["selection"] == "ema" and fit["checkpoint"] == "ema" and fit["best_epoch"] == 2
+    record = mf.read_selection(tmp_path / "run")
+    assert record["rule"] == "ema" and record["best_epoch"] == 2 and len(record["labelfree_cases"]) == 1
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"lf/entropy", "lf/agreement", "lf/plausibility", "lf/snd", "src/dice_mean"} <= set(rows[-1])
+    assert "val/dice_mean" not in rows[-1]
+
+
+@pytest.fixture(scope="module")
+def run(unlabelled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "slaug"
+    train(build_config("slaug", "tiny", {**TINY, "data.dataset": str(unlabelled)}), out)
+    return out
+
+
+def test_evaluate_on_held_out_source_and_predict_with_qc(run: Path, unlabelled: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(run), "--split", "source-holdout", "--device", "cpu"]) == 0
+    folder = run / "eval" / "C0_source-holdout_ema"
+    summary = json.loads((folder / "summary.json").read_text())
+    held = mf.read_selection(run)["source_holdout"]
+    assert summary["n_cases"] == len(held) == 1 and summary["checkpoint"] == "ema"
+    qc = (folder / "qc.csv").read_text().splitlines()
+    assert qc[0].startswith("case,") and "doubtful" in qc[0] and "dice_mean" in qc[0] and len(qc) == 2
+    assert main(["predict", str(run), str(unlabelled / "LGE" / "images"), str(tmp_path / "masks"),
+                 "--device", "cpu"]) == 0
+    lines = (tmp_path / "masks" / "qc.csv").read_text().splitlines()
+    assert len(lines) == 1 + 3 and "volume_LV_ml" in lines[0] and "reason" in lines[0]
+    assert "quality control:" in capsys.readouterr().out
+
+
+def test_augmentation_is_off_at_prediction(run: Path, unlabelled: Path) -> None:
+    """The SLAug model's predictor sees the raw slices: two predictions agree and equal a plain forward pass."""
+    model = mf.open_model(run, "selected", "cpu")
+    assert model.config.augment.slaug and model.config.augment.spatial
+    from udavae.data.volumes import load_image
+
+    _, slices, geom = load_image(unlabelled / "LGE" / "images" / "case001.nii.gz", model.info.preprocessing)
+    a, b = model.predictor.probabilities(slices), model.predictor.probabilities(slices)
+    assert torch.equal(a, b)
+    with torch.no_grad():
+        model.method.net.eval()
+        direct = torch.softmax(model.method.net(slices[:, None]).logits, 1)
+    assert torch.allclose(a, direct, atol=1e-6)
