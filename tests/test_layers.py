@@ -1,9 +1,9 @@
 """The package's layers import only downwards: nothing below ``engine/`` imports ``engine`` or ``cli``, and nothing
 outside ``cli/`` imports ``cli``.
 
-Layers, bottom up: ``config``, ``dotted``, ``errors``, ``fileio``; ``augment``, ``data``, ``models``, ``losses``, ``methods``,
-``evaluation``; ``engine``; ``reports``; ``cli``. Every import statement counts, including imports inside
-functions and under ``if TYPE_CHECKING:`` (a typing ``Protocol`` is the way to name an upper layer's type).
+Layers, bottom up: ``config``, ``dotted``, ``errors``, ``fileio``; ``augment``, ``data``, ``models``, ``losses``,
+``methods``, ``evaluation``; ``engine``; ``reports``; ``cli``. Every import statement counts, including imports
+inside functions and under ``if TYPE_CHECKING:`` (a typing ``Protocol`` is the way to name an upper layer's type).
 """
 
 from __future__ import annotations
