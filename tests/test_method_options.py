@@ -56,14 +56,20 @@ def test_todays_override_keys_keep_working() -> None:
     assert cfg.method.uses_mi and cfg.method.describe() == "SMIE=global+local"
     cfg = build_config("cfdnet", "tiny", {"method.cf_band": "50", "method.cf_pool": "4"})
     assert (cfg.method.cf_band, cfg.method.cf_pool, cfg.method.weights.recon) == (50.0, 4, 1.0)
-    # an option of another kind only is type-checked and has no effect, as before the options moved
-    cfg = build_config("noadapt", "tiny", {"method.mi_prior": "false", "method.cf_band": "3"})
-    assert cfg.method == NoAdaptOptions(name="noadapt")
-    with pytest.raises(ValueError, match="method.cf_band: expected a number, got 'x'"):
+    # an option of another kind only is an error naming the method and its keys (it would have no effect)
+    with pytest.raises(ValueError, match=r"method.mi_prior is not an option of method 'noadapt' \(kind 'noadapt'; "
+                                         r"it belongs to vae\).*Keys of 'noadapt': method.weights.seg"):
+        build_config("noadapt", "tiny", {"method.mi_prior": "false"})
+    with pytest.raises(ValueError, match="method.cf_band is not an option of method 'udavae\\+\\+'"):
         build_config("udavae++", "tiny", {"method.cf_band": "x"})
+    # a saved config.yaml of an older version lists every kind's options: those are dropped with a warning
+    saved = build_config("noadapt", "tiny").to_dict()
+    saved["method"]["mi_prior"] = False
+    with pytest.warns(UserWarning, match="dropped 1 key.*method.mi_prior"):
+        assert Config.from_dict(saved).method == NoAdaptOptions(name="noadapt")
     with pytest.raises(ValueError, match="unknown config key 'method.mi_prio'; did you mean one of 'method.mi_prior'"):
         build_config("udavae++", "tiny", {"method.mi_prio": "false"})
-    with pytest.raises(ValueError, match="method.kind='gan' is not one of noadapt, vae, cfd"):
+    with pytest.raises(ValueError, match="method.kind='gan' is not one of cfd, gin_ipa, noadapt"):
         build_config("udavae++", "tiny", {"method.kind": "gan"})
 
 

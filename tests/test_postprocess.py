@@ -106,7 +106,7 @@ def test_evaluate_and_predict_apply_the_stored_decision(run: Path, tmp_path: Pat
     assert main(["predict", str(run), str(images), str(tmp_path / "raw"), "--device", "cpu",
                  "--no-postprocess"]) == 0
     assert "largest connected component kept for MYO, LV, RV" in capsys.readouterr().out
-    for f in sorted((tmp_path / "pred").iterdir()):
+    for f in sorted((tmp_path / "pred").glob("*.nii.gz")):
         codes = np.asarray(nib.load(f).dataobj)
         for code in np.unique(codes)[1:]:  # every structure one 26-connected component
             assert ndimage.label(codes == code, structure=np.ones((3, 3, 3)))[1] == 1, f.name

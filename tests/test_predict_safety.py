@@ -160,7 +160,7 @@ def test_predict_skip_bad_writes_good_masks_and_exits_1(model: dict[str, Path], 
     out = tmp_path / "out"
     assert _predict(model, inp, out, "--skip-bad") == 1
     captured = capsys.readouterr()
-    assert sorted(p.name for p in out.iterdir()) == ["a_good.nii.gz", "c_good.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_good.nii.gz", "c_good.nii.gz", "qc.csv"]
     assert "skipped" in captured.err and "b_nan.nii.gz: image contains NaN" in captured.err
     assert "wrote 2 mask(s)" in captured.out
 
@@ -184,7 +184,7 @@ def test_predict_without_samples_removes_stale_uncertainty(model: dict[str, Path
     capsys.readouterr()
     (inp / "b.nii.gz").unlink()  # b is not predicted again: its mask and map stay a consistent pair
     assert _predict(model, inp, out) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "b_uncertainty.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "b_uncertainty.nii.gz", "qc.csv"]
     assert "a_uncertainty.nii.gz" in capsys.readouterr().out
 
 

@@ -26,14 +26,18 @@ def _spec(tmp_path: Path, **kw) -> dict:
 
 def test_grid_expands_seed_major_with_groups(tmp_path: Path) -> None:
     plan = build_plan(_spec(tmp_path, presets="noadapt,udavae++", seeds=[0, 1], overrides=TINY,
-                            variants={"": {}, "no-prior": {"method.mi_prior": False}}))
+                            variants={"": {}, "aug": {"augment.spatial": True}}))
     assert [r.name for r in plan.runs] == [
-        "noadapt_seed0", "noadapt+no-prior_seed0", "udavae++_seed0", "udavae+++no-prior_seed0",
-        "noadapt_seed1", "noadapt+no-prior_seed1", "udavae++_seed1", "udavae+++no-prior_seed1"]
-    r = plan.run("udavae+++no-prior_seed1")
-    assert (r.group, r.preset, r.variant, r.seed) == ("udavae++/no-prior", "udavae++", "no-prior", 1)
-    assert r.overrides == (*TINY, "method.mi_prior=false")
+        "noadapt_seed0", "noadapt+aug_seed0", "udavae++_seed0", "udavae+++aug_seed0",
+        "noadapt_seed1", "noadapt+aug_seed1", "udavae++_seed1", "udavae+++aug_seed1"]
+    r = plan.run("udavae+++aug_seed1")
+    assert (r.group, r.preset, r.variant, r.seed) == ("udavae++/aug", "udavae++", "aug", 1)
+    assert r.overrides == (*TINY, "augment.spatial=true")
     assert plan.run("noadapt_seed0").overrides == tuple(TINY)
+    # a variant key that one of the presets does not have is refused before anything runs
+    with pytest.raises(UserError, match="method.mi_prior is not an option of method 'noadapt'"):
+        build_plan(_spec(tmp_path, presets="noadapt,udavae++", seeds=[0], overrides=TINY,
+                         variants={"no-prior": {"method.mi_prior": False}}))
 
 
 def test_grid_file_with_several_grids(tmp_path: Path) -> None:

@@ -7,18 +7,21 @@ line with ``key=value``.
 
 The method section is generic here: :class:`MethodConfig` holds the method's ``name`` and ``kind`` only.
 Each method declares its own options (loss weights, switches) as a dataclass sub-class of it in its own
-module and registers it (:func:`register_method_options`, called by :mod:`udavae.methods`), so this
-module knows no method's internals and ``method.<option>=value`` keys address the chosen kind's options.
+module and registers it (``@register_method`` in :mod:`udavae.methods.registry`), so this module knows no
+method's internals and ``method.<option>=value`` keys address the chosen kind's options. Whenever this module
+needs a kind's options it imports :mod:`udavae.methods` first (:func:`discover_methods`), so a configuration
+behaves the same whatever was imported before it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from udavae.dotted import coerce as _coerce
 from udavae.dotted import flatten, parse_overrides  # noqa: F401  (re-exported: ``from udavae.config import ...``)
 from udavae.dotted import has_path as _has_key
 from udavae.dotted import set_path as _set_path
@@ -81,6 +84,12 @@ class MethodConfig:
 _METHOD_OPTIONS: dict[str, type[MethodConfig]] = {}
 
 
+def discover_methods() -> None:
+    """Import :mod:`udavae.methods` (which registers every method kind) unless that has happened."""
+    if not _METHOD_OPTIONS:
+        importlib.import_module("udavae.methods")
+
+
 def register_method_options(kind: str, options: type[MethodConfig]) -> None:
     """Declare ``options`` (a :class:`MethodConfig` dataclass sub-class) as the options of method ``kind``."""
     if not (isinstance(options, type) and issubclass(options, MethodConfig) and dataclasses.is_dataclass(options)):
@@ -89,12 +98,14 @@ def register_method_options(kind: str, options: type[MethodConfig]) -> None:
 
 
 def method_kinds() -> tuple[str, ...]:
-    """The registered method kinds (after ``import udavae.methods``)."""
+    """The registered method kinds."""
+    discover_methods()
     return tuple(_METHOD_OPTIONS)
 
 
 def method_options(kind: str) -> type[MethodConfig]:
     """The options dataclass of method ``kind``; ``ValueError`` naming the registered kinds if unknown."""
+    discover_methods()
     if kind not in _METHOD_OPTIONS:
         known = ", ".join(_METHOD_OPTIONS) or "none registered (import udavae.methods first)"
         raise ValueError(f"method.kind={kind!r} is not one of {known}")
@@ -102,9 +113,8 @@ def method_options(kind: str) -> type[MethodConfig]:
 
 
 def _default_method() -> MethodConfig:
-    """The default method's options (the generic part only while no method kind is registered)."""
-    kind = MethodConfig.kind
-    return _METHOD_OPTIONS[kind]() if kind in _METHOD_OPTIONS else MethodConfig()
+    """The default method kind's options."""
+    return method_options(MethodConfig.kind)()
 
 
 @dataclass
@@ -357,14 +367,28 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        """Rebuild from :meth:`to_dict` output; unknown keys raise ``ValueError``.
+        """Rebuild a saved configuration (:meth:`to_dict` output, a run's ``config.yaml``).
 
-        Files written before the options moved into the methods list every kind's options under
-        ``method``; the ones of other kinds are accepted and ignored, as :func:`apply_overrides` does.
+        Files written before the options moved into the methods list every kind's options under ``method``;
+        those of other kinds are dropped with a warning (they never had an effect). Other unknown keys raise
+        ``ValueError``.
         """
         cfg = cls()
-        apply_overrides(cfg, flatten(d))
+        apply_overrides(cfg, flatten(d), saved=True)
         return cfg
+
+    @classmethod
+    def from_preset(cls, preset: str = "udavae++", profile: str = "paper", **overrides: Any) -> Config:
+        """Defaults <- ``profile`` <- ``preset`` <- ``overrides``, validated.
+
+        Keyword overrides use ``__`` for the dots of a key: ``Config.from_preset("noadapt", "cpu",
+        optim__epochs=3)``; a dict of dotted keys may also be passed as ``overrides={"optim.epochs": 3}``.
+        """
+        from udavae.methods.presets import build_config
+
+        dotted = dict(overrides.pop("overrides", None) or {})
+        dotted.update({k.replace("__", "."): v for k, v in overrides.items()})
+        return build_config(preset, profile, dotted)
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a precise message on an inconsistent configuration."""
@@ -447,6 +471,7 @@ def _unknown_key(key: str, cfg: Config | None = None) -> ValueError:
 
 def _other_kinds_keys(kind: str) -> dict[str, Any]:
     """``method.*`` option keys of the registered kinds other than ``kind``, each with a default value."""
+    discover_methods()
     out: dict[str, Any] = {}
     for k, options in _METHOD_OPTIONS.items():
         for key, default in flatten(dataclasses.asdict(options()), "method.").items():
@@ -456,9 +481,9 @@ def _other_kinds_keys(kind: str) -> dict[str, Any]:
 
 
 def _resolve_method(cfg: Config) -> None:
-    """Give a generic ``MethodConfig`` (built before its kind was registered) its kind's options class."""
-    if type(cfg.method) is MethodConfig and cfg.method.kind in _METHOD_OPTIONS:
-        cfg.method = _METHOD_OPTIONS[cfg.method.kind](name=cfg.method.name)
+    """Give a generic ``MethodConfig`` (built by hand) its kind's options class."""
+    if type(cfg.method) is MethodConfig:
+        cfg.method = method_options(cfg.method.kind)(name=cfg.method.name)
 
 
 def _set_method_kind(cfg: Config, value: Any) -> None:
@@ -479,25 +504,42 @@ def _set_method_kind(cfg: Config, value: Any) -> None:
     cfg.method = new
 
 
-def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+def apply_overrides(cfg: Config, overrides: dict[str, Any], saved: bool = False) -> Config:
     """Set dotted keys (``"model.base_width": 16``) in place, type-checked against the current values.
 
     ``method.kind`` is applied first and swaps ``cfg.method`` for that kind's options (see
-    :func:`_set_method_kind`); ``method.<option>`` keys then address its fields. A ``method.*`` key that
-    is an option of another registered kind only is type-checked and ignored: it has no effect on this
-    kind, as before the options moved into the methods, and old ``config.yaml`` files list every kind's
+    :func:`_set_method_kind`); ``method.<option>`` keys then address its fields. A ``method.*`` key that is an
+    option of another kind only is an error naming the method and its keys: it would have no effect, and a
+    user who sets it believes it did. With ``saved`` (reading a run's ``config.yaml``) such keys are dropped
+    with a warning instead: files written before the options moved into the methods list every kind's
     options. Any other unknown key raises ``ValueError``.
     """
     _resolve_method(cfg)
     items = sorted(overrides.items(), key=lambda kv: kv[0] != "method.kind")  # stable: the rest keep their order
+    dropped = []
     for key, value in items:
         parts = key.split(".")
         if key == "method.kind":
             _set_method_kind(cfg, value)
         elif _has_key(cfg, parts):
             _set_path(cfg, parts, key, value)
-        elif key in (foreign := _other_kinds_keys(cfg.method.kind)):
-            _coerce(key, foreign[key], value)  # still a clear error for a malformed value, then ignored
+        elif key in _other_kinds_keys(cfg.method.kind):
+            if not saved:
+                raise _foreign_key(key, cfg)
+            dropped.append(key)
         else:
             raise _unknown_key(key, cfg)
+    if dropped:
+        warnings.warn(f"saved configuration: dropped {len(dropped)} key(s) that method kind {cfg.method.kind!r} "
+                      f"does not have ({', '.join(dropped)}); they had no effect", stacklevel=2)
     return cfg
+
+
+def _foreign_key(key: str, cfg: Config) -> ValueError:
+    """The error for a ``method.*`` key of another method kind: names the method and its valid keys."""
+    own = [k for k in flatten(dataclasses.asdict(cfg.method), "method.") if k not in ("method.name", "method.kind")]
+    owners = [k for k, opts in _METHOD_OPTIONS.items()
+              if k != cfg.method.kind and key in flatten(dataclasses.asdict(opts()), "method.")]
+    return ValueError(f"{key} is not an option of method {cfg.method.name!r} (kind {cfg.method.kind!r}; it belongs "
+                      f"to {', '.join(owners)}): it would have no effect. Keys of {cfg.method.kind!r}: "
+                      f"{', '.join(own) or 'none'}")

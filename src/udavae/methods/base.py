@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from udavae.config import Config, MethodConfig, OptimConfig
 from udavae.losses import balanced_cross_entropy
+from udavae.methods.registry import Preset
 from udavae.models.unet_vae import LATENT_SCALES, UNetVAE, VAEOutput
 
 __all__ = ["AutocastFactory", "Batch", "Forward", "MethodOptions", "SegWeights", "UDAMethod", "adam", "batch_images",
@@ -117,6 +118,8 @@ class UDAMethod(nn.Module):
     kind: ClassVar[str] = ""
     #: The options dataclass of this kind (the ``method.*`` config keys).
     Options: ClassVar[type[MethodOptions]] = MethodOptions
+    #: Named configurations of this method (``--preset``), declared beside it; see ``udavae.methods.registry``.
+    presets: ClassVar[dict[str, Preset]] = {}
     #: Whether the method can train under DistributedDataParallel (see :meth:`refuse_distributed`).
     supports_distributed: ClassVar[bool] = True
     #: Whether :meth:`forward` needs a target batch.

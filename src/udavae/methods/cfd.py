@@ -15,6 +15,7 @@ the two baselines differ only in the alignment term (docs/implementation-notes.m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from udavae.losses import cf_distance
 from udavae.methods.base import Batch, MethodOptions
+from udavae.methods.registry import Preset, register_method
 from udavae.methods.variational import VariationalMethod, VariationalWeights
 from udavae.models.unet_vae import LATENT_SCALES
 
@@ -66,11 +68,16 @@ def pooled_samples(z: Tensor, pool: int) -> Tensor:
     return p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
 
 
+@register_method
 class CFDMethod(VariationalMethod):
     """CFDNet (MS-CMR variant) on the shared three-scale variational U-Net."""
 
     kind = "cfd"
     Options = CFDOptions
+    presets: ClassVar[dict[str, Preset]] = {
+        "cfdnet": Preset({"model.wiring": "skip", "model.mean_head": "gate", "method.weights.recon": 1.0},
+                         "CFDNet: characteristic-function distance on the full-scale latent, skip wiring, gate head"),
+    }
 
     @property
     def options(self) -> CFDOptions:

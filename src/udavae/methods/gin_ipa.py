@@ -16,6 +16,7 @@ from torch import Tensor
 from udavae.config import Config
 from udavae.losses import symmetric_kl
 from udavae.methods.base import Batch, MethodOptions, SegWeights, UDAMethod, batch_images, batch_labels
+from udavae.methods.registry import Preset, register_method
 
 __all__ = ["GinIpa", "GinIpaOptions", "GinIpaWeights"]
 
@@ -50,11 +51,18 @@ class GinIpaOptions(MethodOptions):
                              "(the gin-ipa preset sets it)")
 
 
+@register_method
 class GinIpa(UDAMethod):
     """Segmentation of both views (balanced CE, every head) plus their consistency; no target batch."""
 
     kind = "gin_ipa"
     Options = GinIpaOptions
+    presets: ClassVar[dict[str, Preset]] = {
+        "gin-ipa": Preset({"model.wiring": "skip", "model.mean_head": "gate", "augment.spatial": True,
+                           "augment.gin": True},
+                          "GIN-IPA (Ouyang et al. TMI 2023): random-convolution and IPA views + spatial augmentation, "
+                          "consistency between the views; uses no target images"),
+    }
     needs_target = False
     #: The source batch holds a GIN view and an IPA view of every crop (see the module docstring).
     view_pairs: ClassVar[bool] = True

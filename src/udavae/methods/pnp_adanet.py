@@ -50,6 +50,7 @@ from udavae.methods.base import (
     batch_images,
     batch_labels,
 )
+from udavae.methods.registry import Preset, register_method
 from udavae.models.feature_critic import ConvCritic, grid_channels, to_grid
 from udavae.models.unet_vae import UNetVAE, VAEOutput
 
@@ -159,6 +160,7 @@ class PnPAdaNetOptions(MethodOptions):
                              f"optim.epochs={epochs}: PnP-AdaNet needs at least one epoch in each phase")
 
 
+@register_method
 class PnPAdaNet(UDAMethod):
     """PnP-AdaNet on the shared U-Net: source pretraining, then adversarial re-training of the early layers.
 
@@ -175,6 +177,11 @@ class PnPAdaNet(UDAMethod):
     kind = "pnp_adanet"
     supports_distributed = False  # the trained parameters differ per phase and per update
     Options = PnPAdaNetOptions
+    presets: ClassVar[dict[str, Preset]] = {
+        "pnp-adanet": Preset({"model.wiring": "skip", "model.mean_head": "gate"},
+                             "PnP-AdaNet: the noadapt segmenter, then its early encoder levels re-trained on target "
+                             "images against WGAN critics of multi-level features and masks"),
+    }
     needs_target = True
 
     def __init__(self, cfg: Config, num_classes: int) -> None:

@@ -1,9 +1,11 @@
-"""Named method presets (rows of the deck's tables) and compute profiles.
+"""Named method presets (rows of the results tables) and compute profiles.
 
-A preset fixes *what* is trained (architecture variant and loss terms); a profile fixes *how much*
-(width, crop, batch, schedule). ``build_config(preset, profile, overrides)`` combines them.
+A preset fixes *what* is trained (architecture variant, loss terms, augmentation); a profile fixes *how much*
+(width, crop, batch, schedule). ``build_config(preset, profile, overrides)`` combines them. Presets are declared
+beside their methods (``presets`` of each class in ``udavae.methods``); this module gathers them and holds the
+profiles.
 
-Ablation rows (the UDA-VAE++ deck of Lu et al., CVPRW 2022, bSSFP -> LGE), our reading
+Ablation rows (the UDA-VAE++ paper, Lu et al., CVPRW 2022, bSSFP -> LGE), our reading
 (docs/implementation-notes.md, "Presets and the ablation table"):
 
 =================  ======  =========  ======  =====  =====
@@ -29,76 +31,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import udavae.methods  # noqa: F401  (registers every method and its presets)
 from udavae.config import Config, apply_overrides
+from udavae.methods.registry import PRESET_TABLE
 
-
-def _vae(wiring: str, head: str, g: bool, l: bool, p: bool) -> dict[str, Any]:
-    return {
-        "method.kind": "vae",
-        "model.wiring": wiring,
-        "model.mean_head": head,
-        "method.mi_global": g,
-        "method.mi_local": l,
-        "method.mi_prior": p,
-    }
-
-
-_NOADAPT = {"method.kind": "noadapt", "model.wiring": "skip", "model.mean_head": "gate"}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "udavae++": _vae("concat", "conv", True, True, True),
-    "uda-vae": _vae("skip", "gate", False, False, False),
-    "noadapt": dict(_NOADAPT),
-    "cfdnet": {
-        "method.kind": "cfd",
-        "model.wiring": "skip",
-        "model.mean_head": "gate",
-        "method.weights.recon": 1.0,
-    },
-    # SIFA on the baselines' segmenter; weights.seg is set because a kind switch keeps the old kind's value (1000).
-    "sifa": {"method.kind": "sifa", "model.wiring": "skip", "model.mean_head": "gate", "method.weights.seg": 1.0},
-    "abl-base": _vae("skip", "conv", False, False, False),
-    "abl-cn": _vae("concat", "conv", False, False, False),
-    "abl-cn-att": _vae("concat", "gate", False, False, False),
-    "abl-cn-att-g": _vae("concat", "gate", True, False, False),
-    "abl-cn-att-gl": _vae("concat", "gate", True, True, False),
-    "abl-cn-glp": _vae("concat", "conv", True, True, True),
-    "abl-full": _vae("concat", "gate", True, True, True),
-    "pnp-adanet": {"method.kind": "pnp_adanet", "model.wiring": "skip", "model.mean_head": "gate"},
-    # Augmentation presets (docs/augmentation.md): the noadapt segmenter with stronger source crops. The first
-    # three use no target images.
-    "noadapt-aug": {**_NOADAPT, "augment.spatial": True, "augment.intensity": True},
-    "slaug": {**_NOADAPT, "augment.spatial": True, "augment.slaug": True},
-    "gin-ipa": {"method.kind": "gin_ipa", "model.wiring": "skip", "model.mean_head": "gate", "augment.spatial": True,
-                "augment.gin": True},
-    "udavae++slaug": {**_vae("concat", "conv", True, True, True), "augment.spatial": True, "augment.slaug": True},
-}
-
-PRESET_HELP: dict[str, str] = {
-    "udavae++": "UDA-VAE++ headline row: concat wiring, conv mean head, global+local+prior SMIE",
-    "uda-vae": "UDA-VAE baseline (VarDA code): skip wiring, spatial-gate mean head, no SMIE",
-    "noadapt": "same segmenter trained on source labels only (no target images, no adaptation)",
-    "cfdnet": "CFDNet: characteristic-function distance on the full-scale latent, skip wiring, gate head",
-    "sifa": "SIFA (Chen et al. AAAI 2019 / TMI 2020): image translation + feature alignment (4 LSGAN critics), "
-            "skip wiring, gate head",
-    "abl-base": "ablation Base: skip wiring, conv mean head, no SMIE",
-    "abl-cn": "ablation Base+CN: concat wiring (CN), conv mean head, no SMIE",
-    "abl-cn-att": "ablation Base+CN+Att: concat wiring, spatial-gate mean head (Att), no SMIE",
-    "abl-cn-att-g": "ablation Base+CN+Att+Global: concat wiring, gate head, global SMIE",
-    "abl-cn-att-gl": "ablation Base+CN+Att+Global+Local: concat wiring, gate head, global+local SMIE",
-    "abl-cn-glp": "ablation Base+CN+Global+Local+Prior: concat wiring, conv head, global+local+prior SMIE "
-                  "(= udavae++)",
-    "abl-full": "ablation, every component: concat wiring, gate head, global+local+prior SMIE",
-    "pnp-adanet": "PnP-AdaNet: the noadapt segmenter, then its early encoder levels re-trained on target "
-                  "images against WGAN critics of multi-level features and masks",
-    "noadapt-aug": "noadapt with the standard augmentation (MONAI affine, elastic, gamma, bias field, noise, blur); "
-                   "uses no target images",
-    "slaug": "SLAug (Su et al. AAAI 2023): noadapt segmenter, spatial augmentation + global/class-level "
-             "location-scale views fused by saliency balancing; uses no target images",
-    "gin-ipa": "GIN-IPA (Ouyang et al. TMI 2023): random-convolution and IPA views + spatial augmentation, "
-               "consistency between the views; uses no target images",
-    "udavae++slaug": "UDA-VAE++ trained on SLAug's fused source views (+ spatial augmentation)",
-}
+#: Method kinds in the order their presets are listed (the headline method first, then the baselines).
+_KIND_ORDER = ("vae", "noadapt", "cfd", "sifa", "pnp_adanet", "gin_ipa")
+_TABLE = sorted(PRESET_TABLE.items(), key=lambda item: (_KIND_ORDER + (item[1][0],)).index(item[1][0]))
+#: preset -> its overrides, ``method.kind`` first (each preset is declared beside its method).
+PRESETS: dict[str, dict[str, Any]] = {name: {"method.kind": kind, **p.overrides} for name, (kind, p) in _TABLE}
+#: preset -> one line of help.
+PRESET_HELP: dict[str, str] = {name: p.help for name, (_, p) in _TABLE}
 
 PROFILES: dict[str, dict[str, Any]] = {
     # The paper's setting (a GPU setting: ~5.3-5.7 TFLOP per step).

@@ -53,6 +53,7 @@ from udavae.methods.base import (
     batch_labels,
     one_hot,
 )
+from udavae.methods.registry import Preset, register_method
 from udavae.models.gan import (
     ImageGenerator,
     ImagePool,
@@ -180,12 +181,19 @@ def _quarter_logits(out_logits: Tensor, size: torch.Size) -> Tensor:
     return F.interpolate(out_logits, size=size, mode="bilinear", align_corners=False)
 
 
+@register_method
 class SIFAMethod(UDAMethod):
     """SIFA on the udavae segmenter: G_t, U and four critics around ``self.net`` (E + C)."""
 
     kind = "sifa"
     supports_distributed = False  # two backward passes over different parameter sets per step
     Options = SIFAOptions
+    # weights.seg is set because a kind switch keeps the old kind's value (1000).
+    presets: ClassVar[dict[str, Preset]] = {
+        "sifa": Preset({"model.wiring": "skip", "model.mean_head": "gate", "method.weights.seg": 1.0},
+                       "SIFA (Chen et al. AAAI 2019 / TMI 2020): image translation + feature alignment (4 LSGAN "
+                       "critics), skip wiring, gate head"),
+    }
     needs_target = True
 
     def __init__(self, cfg: Config, num_classes: int) -> None:

@@ -12,17 +12,26 @@ Unlike the published UDA-VAE++ code, the target SMIE gets the *target* reconstru
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from udavae.config import Config
 from udavae.losses import gaussian_kernel_distance
 from udavae.methods.base import Batch, MethodOptions
+from udavae.methods.registry import Preset, register_method
 from udavae.methods.variational import VariationalMethod, VariationalWeights
 from udavae.models.smie import PRIORS, SMIE
 from udavae.models.unet_vae import LATENT_SCALES
 
 __all__ = ["VAEMethod", "VAEOptions", "VAEWeights"]
+
+
+def _vae(wiring: str, head: str, g: bool, l: bool, p: bool, help: str) -> Preset:  # noqa: A002
+    """A preset of the UDA-VAE family: wiring, mean head and the SMIE estimators (global, local, prior)."""
+    overrides: dict[str, Any] = {"model.wiring": wiring, "model.mean_head": head, "method.mi_global": g,
+                                 "method.mi_local": l, "method.mi_prior": p}
+    return Preset(overrides, help)
 
 
 @dataclass
@@ -87,11 +96,35 @@ class VAEOptions(MethodOptions):
             raise ValueError("method.weights.dist needs three values (full, 1/2, 1/4 scale)")
 
 
+@register_method
 class VAEMethod(VariationalMethod):
     """UDA-VAE family: reconstruction, KL, source segmentation, Gaussian-kernel distance, optional SMIE."""
 
     kind = "vae"
     Options = VAEOptions
+    presets: ClassVar[dict[str, Preset]] = {
+        "udavae++": _vae("concat", "conv", True, True, True,
+                         "UDA-VAE++ headline row: concat wiring, conv mean head, global+local+prior SMIE"),
+        "uda-vae": _vae("skip", "gate", False, False, False,
+                        "UDA-VAE baseline (VarDA code): skip wiring, spatial-gate mean head, no SMIE"),
+        "abl-base": _vae("skip", "conv", False, False, False, "ablation Base: skip wiring, conv mean head, no SMIE"),
+        "abl-cn": _vae("concat", "conv", False, False, False,
+                       "ablation Base+CN: concat wiring (CN), conv mean head, no SMIE"),
+        "abl-cn-att": _vae("concat", "gate", False, False, False,
+                           "ablation Base+CN+Att: concat wiring, spatial-gate mean head (Att), no SMIE"),
+        "abl-cn-att-g": _vae("concat", "gate", True, False, False,
+                             "ablation Base+CN+Att+Global: concat wiring, gate head, global SMIE"),
+        "abl-cn-att-gl": _vae("concat", "gate", True, True, False,
+                              "ablation Base+CN+Att+Global+Local: concat wiring, gate head, global+local SMIE"),
+        "abl-cn-glp": _vae("concat", "conv", True, True, True,
+                           "ablation Base+CN+Global+Local+Prior: concat wiring, conv head, global+local+prior SMIE "
+                           "(= udavae++)"),
+        "abl-full": _vae("concat", "gate", True, True, True,
+                         "ablation, every component: concat wiring, gate head, global+local+prior SMIE"),
+        "udavae++slaug": Preset({**_vae("concat", "conv", True, True, True, "").overrides, "augment.spatial": True,
+                                 "augment.slaug": True},
+                                "UDA-VAE++ trained on SLAug's fused source views (+ spatial augmentation)"),
+    }
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
