@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
-
-from udavae.errors import DataError, UserError
+from udavae.errors import UserError
 
 
 def _model_args(p: argparse.ArgumentParser, batch: bool = True) -> None:
@@ -142,155 +138,29 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _input_files(path: Path) -> list[Path]:
-    """The NIfTI file ``path`` or the NIfTI files in folder ``path``, sorted."""
-    from udavae.data.nifti import is_nifti
-
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p))
-        if not files:
-            raise UserError(f"no NIfTI files (*.nii, *.nii.gz) in {path}")
-        return files
-    raise UserError(f"input {path} not found")
-
-
-def _output_plan(files: list[Path], out: Path) -> dict[Path, tuple[Path, Path]]:
-    """Input file -> (mask path, uncertainty-map path) in ``out``."""
-    from udavae.data.nifti import strip_nifti_suffix
-
-    names = {f: strip_nifti_suffix(f.name) for f in files}
-    return {f: (out / f"{n}.nii.gz", out / f"{n}_uncertainty.nii.gz") for f, n in names.items()}
-
-
-def _file_keys(path: Path) -> set[object]:
-    """Identities of ``path``: its resolved path (symlinks, ``./``, ``..``) and, if it exists, its inode."""
-    keys: set[object] = {path.resolve()}
-    with contextlib.suppress(OSError):
-        st = path.stat()
-        keys.add((st.st_dev, st.st_ino))
-    return keys
-
-
-def _check_plan(inp: Path, plan: dict[Path, tuple[Path, Path]], out: Path, samples: int) -> None:
-    """Refuse outputs that would overwrite (or, for stale uncertainty maps, delete) an input, or each other."""
-    if inp.is_dir() and _file_keys(out) & _file_keys(inp):
-        raise UserError(f"output folder {out} is the input folder {inp}: the masks would overwrite the input "
-                        "images; choose another output folder")
-    inputs = {key: f for f in plan for key in _file_keys(f)}
-    for q in (q for paths in plan.values() for q in paths):
-        clash = next((inputs[key] for key in _file_keys(q) if key in inputs), None)
-        if clash is not None:
-            raise UserError(f"output {q} would overwrite the input {clash}; choose another output folder")
-    owner: dict[Path, Path] = {}
-    for f, (mask, unc) in plan.items():
-        for q in (mask, unc) if samples > 1 else (mask,):
-            other = owner.setdefault(q.resolve(), f)
-            if other != f:
-                raise UserError(f"inputs {other} and {f} would both be written to {q}; rename one of them")
-
-
-def _problem(f: Path, exc: Exception) -> str:
-    """One-line description of why ``f`` cannot be segmented, starting with the file name."""
-    msg = " ".join(str(exc).split())
-    return msg if msg.startswith(str(f)) else f"{f}: {msg}"
-
-
-def _find_bad_inputs(files: list[Path], prep) -> dict[Path, str]:  # noqa: ANN001
-    """Read and preprocess every input as prediction will; return the problem of each one that fails.
-
-    Header checks miss truncated data and NaN voxels, so each volume is read in full. It is dropped right
-    after its check and read again when predicted: memory holds one volume at a time instead of the whole
-    input folder, at the price of reading each file twice.
-    """
-    from udavae.data.volumes import load_image
-
-    bad: dict[Path, str] = {}
-    for f in tqdm(files, desc="checking inputs", unit="vol", leave=False, disable=None):
-        try:
-            load_image(f, prep)
-        except (UserError, ValueError) as exc:
-            bad[f] = _problem(f, exc)
-    return bad
-
-
-def _predict_files(files: list[Path], plan: dict[Path, tuple[Path, Path]], predictor, labels,  # noqa: ANN001
-                   prep, samples: int, pp=None, qc_rows: list | None = None) -> list[Path]:  # noqa: ANN001
-    """Write the mask (and uncertainty map) of each file; return the stale uncertainty maps removed.
-
-    ``qc_rows``: when a list, each file's label-free scores (``udavae.engine.labelfree``) are appended to it.
-
-    With ``samples == 1`` an uncertainty map left by an earlier ``--samples K`` run would no longer match
-    the new mask beside it, so it is removed before the mask is written. ``pp``: the post-processing
-    applied to each mask (None: raw masks).
-    """
-    from udavae.data.nifti import save_like
-    from udavae.data.volumes import load_image
-
-    masks = {m.resolve() for m, _ in plan.values()}
-    removed = []
-    for f in tqdm(files, desc="predicting", unit="vol", disable=None):
-        mask, unc = plan[f]
-        vol, slices, geom = load_image(f, prep)
-        pred = predictor.predict(slices, geom, samples=samples)
-        if pred.uncertainty is None and unc.is_file() and unc.resolve() not in masks:
-            unc.unlink()
-            removed.append(unc)
-        classes = pp.apply(pred.classes, labels.class_names) if pp is not None else pred.classes
-        save_like(labels.to_codes(classes), vol, mask)
-        if pred.uncertainty is not None:
-            save_like(pred.uncertainty, vol, unc, dtype=np.float32)
-        if qc_rows is not None:
-            from udavae.engine.labelfree import image_scores
-
-            scores = image_scores(predictor, mask.name.removesuffix(".nii.gz"), slices, geom, vol.spacing,
-                                  labels.class_names)
-            qc_rows.append({**scores.to_row(), "input": str(f), "mask": str(mask)})
-    return removed
-
-
 def run_predict(args: argparse.Namespace) -> int:
     """Segment NIfTI files, all or nothing (or the good ones with ``--skip-bad``, exit status 1).
 
     Nothing is written, not even the output folder, when an output would overwrite an input or, without
-    ``--skip-bad``, when any input cannot be segmented.
+    ``--skip-bad``, when any input cannot be segmented. The workflow is :func:`udavae.engine.predict.predict_folder`.
     """
-    from udavae.fileio import ensure_writable_dir
+    from udavae.engine.predict import plan_outputs, predict_folder
 
-    if args.samples < 1:
-        raise UserError("--samples must be >= 1")
-    inp, out = Path(args.input), Path(args.output)
-    files = _input_files(inp)
-    plan = _output_plan(files, out)
-    _check_plan(inp, plan, out, args.samples)
+    plan_outputs(args.input, args.output, args.samples)  # fails before the model is loaded
     model = _load(args.run, args.checkpoint, args.device, args.batch_size, args.amp)
-    info, predictor = model.info, model.predictor
-    bad = _find_bad_inputs(files, info.preprocessing)
-    good = [f for f in files if f not in bad]
-    if bad and not (args.skip_bad and good):
-        hint = "; --skip-bad segments the others" if good else ""
-        raise DataError(f"{len(bad)} of {len(files)} input(s) cannot be segmented, nothing written: "
-                        + "; ".join(bad.values()) + hint)
-    pp = None if args.no_postprocess else model.postprocessing()
-    out = ensure_writable_dir(out)
-    rows: list | None = None if args.no_qc else []
-    removed = _predict_files(good, plan, predictor, info.labels, info.preprocessing, args.samples, pp, rows)
-    print(f"wrote {len(good)} mask(s) to {out}" + (" with uncertainty maps" if args.samples > 1 else ""))
-    if rows is not None:
-        from udavae.evaluation.qc import qc_rows, write_qc_csv
-
-        ranked = qc_rows(rows, list(info.labels.class_names.values()))
-        write_qc_csv(out / "qc.csv", ranked)
-        n = sum(r["doubtful"] for r in ranked)
-        print(f"quality control: {n} of {len(ranked)} mask(s) doubtful, listed first in {out / 'qc.csv'}")
-    if pp is not None:
-        print(pp.describe())
-    for u in removed:
+    res = predict_folder(model, args.input, args.output, args.samples, args.skip_bad,
+                         postprocess=not args.no_postprocess, qc=not args.no_qc)
+    print(f"wrote {len(res.masks)} mask(s) to {res.out}" + (" with uncertainty maps" if args.samples > 1 else ""))
+    if res.qc:
+        print(f"quality control: {res.n_doubtful} of {len(res.qc)} mask(s) doubtful, listed first in "
+              f"{res.out / 'qc.csv'}")
+    if res.postprocessing is not None:
+        print(res.postprocessing.describe())
+    for u in res.removed:
         print(f"removed {u}: an uncertainty map of an earlier --samples run that no longer matches the new mask")
-    for problem in bad.values():
+    for problem in res.bad.values():
         print(f"udavae predict: skipped {problem}", file=sys.stderr)
-    return 1 if bad else 0
+    return 1 if res.bad else 0
 
 
 def run_postprocess(args: argparse.Namespace) -> int:

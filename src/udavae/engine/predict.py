@@ -1,0 +1,211 @@
+"""Segmenting a file or a folder of NIfTI scans with a loaded model: the workflow of ``udavae predict`` and of
+:meth:`udavae.Model.predict_folder`.
+
+All or nothing: every input is read and checked before anything is written, and an output that would overwrite
+an input (or another output) is refused before the output folder exists. Each mask keeps its scan's geometry
+and uses the dataset's label codes; ``qc.csv`` ranks the masks worst first by their label-free scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from udavae.errors import DataError, UserError
+
+__all__ = ["PredictResult", "check_plan", "find_bad_inputs", "input_files", "output_plan", "plan_outputs",
+           "predict_files", "predict_folder"]
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict_folder` wrote.
+
+    Attributes:
+        out: the output folder.
+        masks: the masks written, in input order.
+        bad: inputs that could not be segmented (skipped with ``skip_bad``), with the reason.
+        removed: stale uncertainty maps of an earlier run that were removed.
+        qc: the quality-control rows, worst first ([] without ``qc``); ``qc.csv`` holds them.
+        postprocessing: the post-processing applied (None: raw masks).
+    """
+
+    out: Path
+    masks: list[Path] = field(default_factory=list)
+    bad: dict[Path, str] = field(default_factory=dict)
+    removed: list[Path] = field(default_factory=list)
+    qc: list[dict[str, Any]] = field(default_factory=list)
+    postprocessing: Any = None
+
+    @property
+    def n_doubtful(self) -> int:
+        """Masks flagged doubtful by the quality control."""
+        return sum(bool(r["doubtful"]) for r in self.qc)
+
+
+def input_files(path: Path) -> list[Path]:
+    """The NIfTI file ``path`` or the NIfTI files in folder ``path``, sorted."""
+    from udavae.data.nifti import is_nifti
+
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p))
+        if not files:
+            raise UserError(f"no NIfTI files (*.nii, *.nii.gz) in {path}")
+        return files
+    raise UserError(f"input {path} not found")
+
+
+def output_plan(files: list[Path], out: Path) -> dict[Path, tuple[Path, Path]]:
+    """Input file -> (mask path, uncertainty-map path) in ``out``."""
+    from udavae.data.nifti import strip_nifti_suffix
+
+    names = {f: strip_nifti_suffix(f.name) for f in files}
+    return {f: (out / f"{n}.nii.gz", out / f"{n}_uncertainty.nii.gz") for f, n in names.items()}
+
+
+def file_keys(path: Path) -> set[object]:
+    """Identities of ``path``: its resolved path (symlinks, ``./``, ``..``) and, if it exists, its inode."""
+    keys: set[object] = {path.resolve()}
+    with contextlib.suppress(OSError):
+        st = path.stat()
+        keys.add((st.st_dev, st.st_ino))
+    return keys
+
+
+def check_plan(inp: Path, plan: dict[Path, tuple[Path, Path]], out: Path, samples: int) -> None:
+    """Refuse outputs that would overwrite (or, for stale uncertainty maps, delete) an input, or each other."""
+    if inp.is_dir() and file_keys(out) & file_keys(inp):
+        raise UserError(f"output folder {out} is the input folder {inp}: the masks would overwrite the input "
+                        "images; choose another output folder")
+    inputs = {key: f for f in plan for key in file_keys(f)}
+    for q in (q for paths in plan.values() for q in paths):
+        clash = next((inputs[key] for key in file_keys(q) if key in inputs), None)
+        if clash is not None:
+            raise UserError(f"output {q} would overwrite the input {clash}; choose another output folder")
+    owner: dict[Path, Path] = {}
+    for f, (mask, unc) in plan.items():
+        for q in (mask, unc) if samples > 1 else (mask,):
+            other = owner.setdefault(q.resolve(), f)
+            if other != f:
+                raise UserError(f"inputs {other} and {f} would both be written to {q}; rename one of them")
+
+
+def problem_of(f: Path, exc: Exception) -> str:
+    """One-line description of why ``f`` cannot be segmented, starting with the file name."""
+    msg = " ".join(str(exc).split())
+    return msg if msg.startswith(str(f)) else f"{f}: {msg}"
+
+
+def find_bad_inputs(files: list[Path], prep) -> dict[Path, str]:  # noqa: ANN001
+    """Read and preprocess every input as prediction will; return the problem of each one that fails.
+
+    Header checks miss truncated data and NaN voxels, so each volume is read in full. It is dropped right
+    after its check and read again when predicted: memory holds one volume at a time instead of the whole
+    input folder, at the price of reading each file twice.
+    """
+    from udavae.data.volumes import load_image
+
+    bad: dict[Path, str] = {}
+    for f in tqdm(files, desc="checking inputs", unit="vol", leave=False, disable=None):
+        try:
+            load_image(f, prep)
+        except (UserError, ValueError) as exc:
+            bad[f] = problem_of(f, exc)
+    return bad
+
+
+def predict_files(files: list[Path], plan: dict[Path, tuple[Path, Path]], predictor, labels,  # noqa: ANN001
+                   prep, samples: int, pp=None, qc_rows: list | None = None) -> list[Path]:  # noqa: ANN001
+    """Write the mask (and uncertainty map) of each file; return the stale uncertainty maps removed.
+
+    ``qc_rows``: when a list, each file's label-free scores (``udavae.engine.labelfree``) are appended to it.
+
+    With ``samples == 1`` an uncertainty map left by an earlier ``--samples K`` run would no longer match
+    the new mask beside it, so it is removed before the mask is written. ``pp``: the post-processing
+    applied to each mask (None: raw masks).
+    """
+    from udavae.data.nifti import save_like
+    from udavae.data.volumes import load_image
+
+    masks = {m.resolve() for m, _ in plan.values()}
+    removed = []
+    for f in tqdm(files, desc="predicting", unit="vol", disable=None):
+        mask, unc = plan[f]
+        vol, slices, geom = load_image(f, prep)
+        pred = predictor.predict(slices, geom, samples=samples)
+        if pred.uncertainty is None and unc.is_file() and unc.resolve() not in masks:
+            unc.unlink()
+            removed.append(unc)
+        classes = pp.apply(pred.classes, labels.class_names) if pp is not None else pred.classes
+        save_like(labels.to_codes(classes), vol, mask)
+        if pred.uncertainty is not None:
+            save_like(pred.uncertainty, vol, unc, dtype=np.float32)
+        if qc_rows is not None:
+            from udavae.engine.labelfree import image_scores
+
+            scores = image_scores(predictor, mask.name.removesuffix(".nii.gz"), slices, geom, vol.spacing,
+                                  labels.class_names)
+            qc_rows.append({**scores.to_row(), "input": str(f), "mask": str(mask)})
+    return removed
+
+
+Plan = dict[Path, tuple[Path, Path]]
+
+
+def plan_outputs(inp: str | Path, out: str | Path, samples: int = 1) -> tuple[list[Path], Plan]:
+    """The inputs of ``inp`` and their output paths in ``out``, refusing any output that would overwrite an input.
+
+    Raises:
+        UserError: no input, ``samples`` < 1, or an output clash.
+    """
+    if samples < 1:
+        raise UserError("--samples must be >= 1")
+    inp, out = Path(inp), Path(out)
+    files = input_files(inp)
+    plan = output_plan(files, out)
+    check_plan(inp, plan, out, samples)
+    return files, plan
+
+
+def predict_folder(model, inp: str | Path, out: str | Path, samples: int = 1, skip_bad: bool = False,  # noqa: ANN001
+                   postprocess: bool = True, qc: bool = True) -> PredictResult:
+    """Segment the NIfTI file or folder ``inp`` into ``out`` with a loaded model (``TrainedModel``).
+
+    Args:
+        model: the loaded model folder (``udavae.engine.model_folder.open_model``).
+        inp / out: a NIfTI file or a folder of them; the output folder (created).
+        samples: latent samples; > 1 also writes ``<name>_uncertainty.nii.gz``.
+        skip_bad: segment the good inputs when some are bad (else nothing is written).
+        postprocess: apply the post-processing decided for the model's checkpoint.
+        qc: compute the label-free scores of every mask and write ``qc.csv`` (4 more passes per scan).
+
+    Raises:
+        DataError: an input cannot be segmented (and not ``skip_bad``, or none can).
+    """
+    from udavae.evaluation.qc import qc_rows, write_qc_csv
+    from udavae.fileio import ensure_writable_dir
+
+    files, plan = plan_outputs(inp, out, samples)
+    info = model.info
+    bad = find_bad_inputs(files, info.preprocessing)
+    good = [f for f in files if f not in bad]
+    if bad and not (skip_bad and good):
+        hint = "; --skip-bad segments the others" if good else ""
+        raise DataError(f"{len(bad)} of {len(files)} input(s) cannot be segmented, nothing written: "
+                        + "; ".join(bad.values()) + hint)
+    pp = model.postprocessing() if postprocess else None
+    folder = ensure_writable_dir(Path(out))
+    rows: list | None = [] if qc else None
+    removed = predict_files(good, plan, model.predictor, info.labels, info.preprocessing, samples, pp, rows)
+    result = PredictResult(folder, [plan[f][0] for f in good], bad, removed, postprocessing=pp)
+    if rows is not None:
+        result.qc = qc_rows(rows, list(info.labels.class_names.values()))
+        write_qc_csv(folder / "qc.csv", result.qc)
+    return result
