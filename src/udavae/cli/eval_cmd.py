@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from udavae.errors import UserError
-
 
 def _model_args(p: argparse.ArgumentParser, batch: bool = True) -> None:
     """Arguments every command that loads a model folder takes."""
@@ -95,15 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(run: str | Path, checkpoint: str, device_name: str, batch_size: int, amp: str | None = None):  # noqa: ANN202
-    """Load a model folder and a predictor for it (``amp`` None: the precision the model trained in).
-
-    Returns a :class:`udavae.engine.model_folder.TrainedModel`; warns on stderr when ``amp`` would be emulated.
-    """
-    from udavae.engine.model_folder import open_model
+    """Load a model folder (:func:`udavae.api.load`); warns on stderr when ``amp`` would be emulated."""
+    from udavae.api import load
     from udavae.engine.runtime import resolve_device, slow_amp_warning
 
     device = resolve_device(device_name)
-    model = open_model(run, checkpoint, device, batch_size, amp)
+    model = load(run, checkpoint, device, batch_size, amp)
     warning = slow_amp_warning(device, amp or model.config.runtime.amp)
     if warning:
         print(f"{warning} (for inference: --amp none)", file=sys.stderr)
@@ -111,30 +106,12 @@ def _load(run: str | Path, checkpoint: str, device_name: str, batch_size: int, a
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """``udavae evaluate``: load the model folder (engine), evaluate it (:mod:`udavae.evaluation.run`)."""
-    from udavae.evaluation.run import evaluate_run as evaluate_model
+    """``udavae evaluate``: :func:`udavae.api.evaluate` with the tables printed."""
+    from udavae.api import evaluate
 
     model = _load(args.run, args.checkpoint, args.device, args.batch_size, args.amp)
-    qc = None
-    if not args.no_qc:
-        from udavae.engine.labelfree import case_scores
-
-        names = model.info.labels.class_names
-
-        def qc(case):  # noqa: ANN001, ANN202
-            return case_scores(model.predictor, case, names).to_row()
-
-    domain, case_ids = args.domain, None
-    if args.split == "source-holdout":
-        from udavae.engine.model_folder import read_selection
-
-        record = read_selection(args.run) or {}
-        case_ids = record.get("source_holdout") or []
-        if not case_ids:
-            raise UserError(f"{args.run} held no source cases out of training (data.source_holdout)")
-        domain = model.info.source
-    evaluate_model(model, args.split, domain, args.dataset, args.out, args.save_masks,
-                   postprocess=not args.no_postprocess, qc=qc, case_ids=case_ids)
+    evaluate(model, args.split, domain=args.domain, dataset=args.dataset, out=args.out,
+             postprocess=not args.no_postprocess, qc=not args.no_qc, save_masks=args.save_masks, verbose=True)
     return 0
 
 
@@ -142,14 +119,14 @@ def run_predict(args: argparse.Namespace) -> int:
     """Segment NIfTI files, all or nothing (or the good ones with ``--skip-bad``, exit status 1).
 
     Nothing is written, not even the output folder, when an output would overwrite an input or, without
-    ``--skip-bad``, when any input cannot be segmented. The workflow is :func:`udavae.engine.predict.predict_folder`.
+    ``--skip-bad``, when any input cannot be segmented. The workflow is :meth:`udavae.Model.predict_folder`.
     """
-    from udavae.engine.predict import plan_outputs, predict_folder
+    from udavae.engine.predict import plan_outputs
 
     plan_outputs(args.input, args.output, args.samples)  # fails before the model is loaded
     model = _load(args.run, args.checkpoint, args.device, args.batch_size, args.amp)
-    res = predict_folder(model, args.input, args.output, args.samples, args.skip_bad,
-                         postprocess=not args.no_postprocess, qc=not args.no_qc)
+    res = model.predict_folder(args.input, args.output, samples=args.samples, skip_bad=args.skip_bad,
+                               postprocess=not args.no_postprocess, qc=not args.no_qc)
     print(f"wrote {len(res.masks)} mask(s) to {res.out}" + (" with uncertainty maps" if args.samples > 1 else ""))
     if res.qc:
         print(f"quality control: {res.n_doubtful} of {len(res.qc)} mask(s) doubtful, listed first in "

@@ -83,9 +83,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume: the trainer says from which epoch) and print the fit summary as JSON."""
-    from udavae.engine.trainer import train
+    from udavae.api import train
 
-    cfg = config_from_args(args)
-    summary = train(cfg, args.out, resume=args.resume)
-    print(json.dumps({"out": str(args.out), **summary}, indent=2))
+    model = train(config_from_args(args), args.out, resume=args.resume)
+    print(json.dumps({"out": str(args.out), **(model.training or {})}, indent=2))
     return 0

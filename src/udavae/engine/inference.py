@@ -65,13 +65,18 @@ class Predictor:
         finally:
             self.net.train(was_training)
 
+    def native_probabilities(self, slices: torch.Tensor, geom: Geometry, samples: int = 1) -> torch.Tensor:
+        """Mean softmax (K, x, y, z) on the original grid of preprocessed slices (z, H, W)."""
+        return self.prep.invert_probabilities(self.probabilities(slices, samples), geom)
+
     def predict(self, slices: torch.Tensor, geom: Geometry, samples: int = 1) -> Prediction:
         """Class map (and uncertainty if ``samples > 1``) on the original grid (x, y, z)."""
-        probs = self.probabilities(slices, samples)
-        native = self.prep.invert_probabilities(probs, geom)  # (K, x, y, z)
+        native = self.native_probabilities(slices, geom, samples)
         classes = native.argmax(0).to(torch.uint8).numpy()
-        unc = None
-        if samples > 1:
-            p = native.clamp_min(1e-12)
-            unc = (-(p * p.log()).sum(0) / math.log(native.shape[0])).clamp_(0, 1).numpy().astype(np.float32)
-        return Prediction(classes, unc)
+        return Prediction(classes, normalised_entropy(native) if samples > 1 else None)
+
+
+def normalised_entropy(probs: torch.Tensor) -> np.ndarray:
+    """Per-voxel entropy of class probabilities (K, ...) divided by log K, in [0, 1], float32."""
+    p = probs.clamp_min(1e-12)
+    return (-(p * p.log()).sum(0) / math.log(probs.shape[0])).clamp_(0, 1).numpy().astype(np.float32)
