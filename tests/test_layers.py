@@ -17,8 +17,8 @@ import udavae
 
 PACKAGE = Path(udavae.__file__).parent
 #: Modules and packages below the engine.
-LOWER = ("config.py", "dotted.py", "errors.py", "fileio.py", "augment", "data", "models", "losses", "methods",
-         "evaluation")
+LOWER = ("config.py", "dotted.py", "errors.py", "fileio.py", "layout.py", "augment", "data", "models", "losses",
+         "methods", "evaluation")
 
 
 def _module_name(path: Path, package_dir: Path) -> str:

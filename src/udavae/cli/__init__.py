@@ -14,7 +14,7 @@ import sys
 from udavae.errors import UserError
 
 _COMMAND_MODULES = ("data_cmd", "model_cmd", "config_cmd", "train_cmd", "eval_cmd", "sweep_cmd", "compare_cmd",
-                    "demo_cmd")
+                    "demo_cmd", "docs_cmd")
 
 
 def version_text() -> str:

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from udavae.engine.trainer import train
     from udavae.evaluation.evaluate import format_table
     from udavae.fileio import ensure_writable_dir, write_json
+    from udavae.layout import checkpoint_file
     from udavae.methods.presets import build_config
 
     out = ensure_writable_dir(args.out)
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = build_config(preset, "tiny", over)
         print(f"\n== training {preset} ({cfg.optim.epochs} epochs x {cfg.optim.iters_per_epoch} iterations) ==")
         t0 = time.time()
-        resume = (run_dir / "checkpoints" / "last.pt").is_file()
+        resume = checkpoint_file(run_dir, "last").is_file()
         fit = train(cfg, run_dir, resume=resume)
         print(f"trained {preset} in {time.time() - t0:.0f}s; best validation epoch {fit['best_epoch']}")
         results[preset] = _evaluate_and_report(run_dir)
@@ -80,8 +81,9 @@ def _evaluate_and_report(run_dir: Path) -> dict:
     """Evaluate the best checkpoint on the target test split and write the report figures."""
     from udavae.engine.model_folder import open_model
     from udavae.evaluation.run import evaluate_run
+    from udavae.layout import report_folder
     from udavae.reports.figures import make_report
 
     summary, _ = evaluate_run(open_model(run_dir), split="test", verbose=False)
-    make_report(run_dir, run_dir / "report")
+    make_report(run_dir, report_folder(run_dir))
     return summary

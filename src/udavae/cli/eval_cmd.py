@@ -153,9 +153,10 @@ def run_postprocess(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from udavae.layout import report_folder
     from udavae.reports.figures import make_report
 
-    out = Path(args.out) if args.out else Path(args.run) / "report"
+    out = Path(args.out) if args.out else report_folder(args.run)
     files = make_report(args.run, out, split=args.split, n_cases=args.cases, checkpoint=args.checkpoint,
                         device=args.device)
     for f in files:

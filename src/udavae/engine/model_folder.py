@@ -18,6 +18,7 @@ Every file is written atomically (temporary file + rename).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,18 @@ from udavae.data.preprocessing import Preprocessing
 from udavae.data.spec import LabelMap
 from udavae.errors import UserError
 from udavae.evaluation.postprocess import PostProcessing
-from udavae.fileio import atomic_path, read_json, write_json, write_text
+from udavae.fileio import (
+    LOCK_FILE,
+    SAFE_NAME_RULE,
+    atomic_path,
+    is_safe_name,
+    is_temporary,
+    read_json,
+    write_json,
+    write_text,
+)
+from udavae.layout import CONFIG_FILE, MODEL_FILE, POSTPROCESSING_FILE, SELECTION_FILE, checkpoint_file
 
-CONFIG_FILE = "config.yaml"
-MODEL_FILE = "model.json"
-POSTPROCESSING_FILE = "postprocessing.json"
-SELECTION_FILE = "selection.json"
 #: The checkpoint name meaning "the one ``selection.json`` names" (``best`` in folders without it).
 SELECTED = "selected"
 CHECKPOINTS = ("best", "last", "ema")
@@ -51,7 +58,7 @@ def checkpoint_path(run: Path, which: str) -> Path:
     if not _CHECKPOINT_RE.match(which):
         raise UserError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, epoch_NNN or epoch_NNN_ema, "
                         f"got {which!r}")
-    return run / "checkpoints" / f"{which}.pt"
+    return checkpoint_file(run, which)
 
 
 def selection_path(run: Path) -> Path:
@@ -89,10 +96,19 @@ def epoch_checkpoint(epoch: int, ema: bool = False) -> str:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` through a temporary file, so a kill never leaves a truncated checkpoint."""
+    """``torch.save`` through a temporary file, so a kill never leaves a truncated checkpoint.
+
+    A write that fails (disk full, file size limit) is one error naming the checkpoint; torch reports it as a
+    ``RuntimeError`` such as ``unexpected pos``, which names nothing. The previous checkpoint stays intact.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:
+            reason = (str(exc).strip().splitlines() or ["write failed"])[-1]
+            raise UserError(f"cannot write checkpoint {path}: {reason} (is the disk full, or a file size limit "
+                            "set?); the checkpoint there (if any) is unchanged") from None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -136,9 +152,25 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        """Read :meth:`to_dict`'s form, checking every field's type and that the domain names are safe names.
+
+        Raises:
+            KeyError / TypeError / ValueError: a missing or malformed field (callers name the file).
+        """
+        if not isinstance(d, dict):
+            raise TypeError(f"the top level must be an object, got {type(d).__name__}")
+        for key, kind in (("labels", dict), ("preprocessing", dict), ("dataset", dict), ("source", str),
+                          ("target", str)):
+            if not isinstance(d[key], kind):
+                raise TypeError(f"{key!r} must be {'an object' if kind is dict else 'a string'}, got {d[key]!r}")
+        dataset = d["dataset"]
+        if not isinstance(dataset.get("name"), str) or not isinstance(dataset.get("path"), str):
+            raise TypeError("'dataset' must hold the strings 'name' and 'path'")
+        for key in ("source", "target"):
+            if not is_safe_name(d[key]):
+                raise ValueError(f"{key} domain {d[key]!r} is not a safe name ({SAFE_NAME_RULE})")
         return cls(labels=LabelMap.from_dict(d["labels"]), preprocessing=Preprocessing.from_dict(d["preprocessing"]),
-                   dataset_name=d["dataset"]["name"], dataset_path=d["dataset"]["path"],
-                   source=d["source"], target=d["target"])
+                   dataset_name=dataset["name"], dataset_path=dataset["path"], source=d["source"], target=d["target"])
 
 
 def write_model_folder(run: Path, cfg: Config, info: ModelInfo) -> None:
@@ -163,9 +195,44 @@ def read_model_folder(run: str | Path) -> tuple[Config, ModelInfo]:
     d = read_json(run / MODEL_FILE, what="model description")
     try:
         info = ModelInfo.from_dict(d)
-    except (KeyError, TypeError, ValueError) as exc:
+    except KeyError as exc:
+        raise UserError(f"{run / MODEL_FILE} is corrupt: the key {exc} is missing") from None
+    except (TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{run / MODEL_FILE} is corrupt: {exc}") from None
     return cfg, info
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a model folder udavae wrote: a ``model.json`` object naming a udavae version."""
+    f = Path(path) / MODEL_FILE
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "udavae_version" in d
+
+
+#: Files another part of udavae may put into a run folder before ``train`` does (a sweep's record of the run).
+_PRE_TRAIN_FILES = {"sweep_run.json", LOCK_FILE}
+
+
+def check_new_run_folder(run: str | Path) -> None:
+    """Refuse to train into a folder that holds anything but an earlier (unfinished) udavae run.
+
+    ``train`` writes ``config.yaml``, ``model.json``, ``log.csv``... into its folder: a folder holding a user's
+    files under those names would be overwritten. Empty, new and udavae run folders are accepted (a run with a
+    checkpoint is refused by the trainer itself: it needs ``--resume``).
+    """
+    run = Path(run)
+    if not run.exists():
+        return
+    if not run.is_dir():
+        raise UserError(f"--out {run} exists and is not a folder")
+    others = sorted(p.name for p in run.iterdir() if p.name not in _PRE_TRAIN_FILES and not is_temporary(p.name))
+    if others and not is_run_folder(run):
+        shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        raise UserError(f"--out {run} is not empty ({shown}) and is not a udavae model folder (no {MODEL_FILE} "
+                        "written by udavae); training would overwrite files there: choose a new or empty folder")
 
 
 def load_trained(run: str | Path, checkpoint: str = SELECTED,

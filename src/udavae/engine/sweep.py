@@ -28,6 +28,7 @@ from udavae.engine.sweep_plan import PLAN_FILE, RunSpec, SweepPlan
 from udavae.errors import UserError
 from udavae.evaluation.run import eval_folder
 from udavae.fileio import read_json, write_json
+from udavae.layout import checkpoint_file
 
 STATUS_FILE = "status.json"
 RUN_INFO_FILE = "sweep_run.json"
@@ -159,7 +160,7 @@ class Sweep:
             argv = [self.python, "-m", "udavae", "train", "--dataset", p.dataset, "--source", p.source,
                     "--target", p.target, "--preset", spec.preset, "--profile", p.profile, "--seed",
                     str(spec.seed), "--out", str(run), "--device", device, *spec.overrides]
-            if (run / "checkpoints" / "last.pt").is_file():
+            if checkpoint_file(run, "last").is_file():
                 argv.append("--resume")
             out.append(("train", argv))
         for split in p.splits:

@@ -51,7 +51,8 @@ from udavae.engine.selection import Selector, resolve_rule
 from udavae.engine.step import batch_to_device, load_optimizer_state, optimisation_step, remember_base_lr
 from udavae.errors import DataError, UserError
 from udavae.evaluation.evaluate import validation_dice
-from udavae.fileio import ensure_writable_dir, write_text
+from udavae.fileio import FolderLock, ensure_writable_dir, remove_stale_temporaries, write_text
+from udavae.layout import LOG_CSV, LOG_JSONL
 from udavae.methods import build_method
 
 
@@ -149,8 +150,10 @@ def prepare_data(cfg: Config) -> TrainData:
     src_loaded = load_cases(spec, src, prep, with_labels=True, desc=f"loading {d.source}")
     # Target pool: images only (labels are never read for training).
     tgt_loaded = load_cases(spec, pool, prep, with_labels=False, desc=f"loading {d.target}")
-    val_loaded = load_cases(spec, val, prep, with_labels=True, desc=f"loading {d.target} val")
-    hold_loaded = load_cases(spec, hold, prep, with_labels=True, desc=f"loading {d.source} held out")
+    _warn_cropped(src_loaded, prep, d.source)
+    # Cases that are predicted (validation, held-out source) keep whole slices, as prediction sees them.
+    val_loaded = load_cases(spec, val, prep, with_labels=True, desc=f"loading {d.target} val", whole=True)
+    hold_loaded = load_cases(spec, hold, prep, with_labels=True, desc=f"loading {d.source} held out", whole=True)
     source = SliceCropDataset(SliceStack.from_cases(src_loaded, True), d.crop, d.jitter, seed * 2 + 1, d.augment,
                               CropAugment(cfg.augment, source=True))
     target = SliceCropDataset(SliceStack.from_cases(tgt_loaded, False), d.crop, d.jitter, seed * 2 + 2, d.augment,
@@ -158,6 +161,19 @@ def prepare_data(cfg: Config) -> TrainData:
     labelfree = _seeded_pick(tgt_loaded, cfg.train.labelfree_cases, seed + 7919)
     return TrainData(source, target, val_loaded, spec, prep, [c.id for c in src], [c.id for c in pool],
                      labelfree, hold_loaded)
+
+
+def _warn_cropped(cases: list[LoadedCase], prep: Preprocessing, domain: str) -> None:
+    """Warn (stderr) naming the training cases whose labels reach beyond the centre crop to ``prep.size``."""
+    cut = [(c.id, prep.cropped_share(c.native_label, c.spacing)) for c in cases if c.native_label is not None]
+    cut = sorted(((i, share) for i, share in cut if share > 0), key=lambda x: -x[1])
+    if cut:
+        h, w = prep.size
+        names = ", ".join(f"{i} ({100 * share:.1f}%)" for i, share in cut[:10]) + (" ..." if len(cut) > 10 else "")
+        tqdm.write(f"warning: the labels of {len(cut)} {domain} training case(s) reach beyond the {h}x{w} centre "
+                   f"crop that training sees (data.size / preprocessing size), share of labelled voxels cut: {names}; "
+                   "prediction covers the whole image, but training never sees those parts (a larger data.size "
+                   "keeps them)", file=sys.stderr)
 
 
 def run_preprocessing(cfg: Config, spec: DatasetSpec) -> Preprocessing:
@@ -194,6 +210,9 @@ class Trainer:
             raise UserError(f"--resume: no checkpoint to resume from at {last}")
         if not resume and last.exists():
             raise UserError(f"{self.run} already holds a training run; use --resume or another --out folder")
+        if not resume:
+            mf.check_new_run_folder(self.run)  # never overwrite a user's config.yaml / log.csv / model.json
+        self._resumed_from: int | None = None
         seed_everything(cfg.runtime.seed + self.dist.rank)
         self.data = prepare_data(cfg)  # before creating RUN: a bad dataset leaves nothing behind
         try:
@@ -249,7 +268,9 @@ class Trainer:
         }
 
     def _load_state(self) -> None:
-        state = mf.load_checkpoint(mf.checkpoint_path(self.run, "last"), map_location=self.device)
+        last = mf.checkpoint_path(self.run, "last")
+        self._resumed_from = last.stat().st_mtime_ns
+        state = mf.load_checkpoint(last, map_location=self.device)
         if not _same_method_and_model(state.get("config", {}), self.cfg):
             raise UserError("--resume: the checkpoint was trained with a different method/model configuration")
         self.method.load_state_dict(state["method"])
@@ -273,14 +294,37 @@ class Trainer:
                 best = f"; {sel.rule} chose epoch {sel.best_epoch} so far"
             tqdm.write(f"resuming {self.run} after epoch {self.epoch} of {self.cfg.optim.epochs}{best}")
 
+    def _lock_run(self) -> FolderLock:
+        """Hold the model folder for this process, then check nobody trained into it meanwhile and remove the
+        temporary files a killed run left there.
+
+        Another ``train`` into the folder fails at once while this one runs; the lock dies with the process, so a
+        killed run never leaves the folder locked.
+        """
+        lock = FolderLock(self.run, "model folder").acquire()
+        try:
+            last = mf.checkpoint_path(self.run, "last")
+            stamp = last.stat().st_mtime_ns if last.is_file() else None
+            if stamp != self._resumed_from:
+                raise UserError(f"{self.run}: another training wrote {last} while this one was starting; "
+                                + ("resume again" if self.resume else "use --resume or another --out folder"))
+            removed = remove_stale_temporaries(self.run) + remove_stale_temporaries(last.parent)
+        except BaseException:
+            lock.release()
+            raise
+        if removed:
+            tqdm.write(f"removed {len(removed)} temporary file(s) an interrupted run left in {self.run}")
+        return lock
+
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
         """Run the remaining epochs; return a summary (best epoch and score, time)."""
         cfg, is_main = self.cfg, self.dist.is_main
-        if is_main:
-            mf.write_model_folder(self.run, cfg, self.info)
-        start_time = time.time()
+        lock = self._lock_run() if is_main else None
         try:
+            if is_main:
+                mf.write_model_folder(self.run, cfg, self.info)
+            start_time = time.time()
             while self.epoch < cfg.optim.epochs:
                 stats = self._train_epoch()
                 row = {"epoch": self.epoch + 1, **stats}
@@ -297,6 +341,8 @@ class Trainer:
                 self._decide_postprocessing()
         finally:
             shutdown_distributed(self.dist)
+            if lock is not None:
+                lock.release()
         sel = self.selector
         return {"selection": sel.rule, "checkpoint": sel.checkpoint, "best_epoch": sel.best_epoch,
                 "best_score": sel.record()["best_score"], "epochs": self.epoch,
@@ -473,12 +519,12 @@ class Trainer:
                                    {"method": self.ema.state_dict(), **tag})
 
     def _write_logs(self) -> None:
-        write_text(self.run / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        write_text(self.run / LOG_JSONL, "".join(json.dumps(r) + "\n" for r in self.history))
         keys: list[str] = []
         for r in self.history:
             keys += [k for k in r if k not in keys]
         lines = [",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in self.history]
-        write_text(self.run / "log.csv", "\n".join(lines) + "\n")
+        write_text(self.run / LOG_CSV, "\n".join(lines) + "\n")
 
 
 def _same_method_and_model(saved: dict[str, Any], cfg: Config) -> bool:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from udavae import layout
 from udavae.config import Config
 from udavae.data.preprocessing import Preprocessing
 from udavae.data.spec import LabelMap
@@ -74,7 +75,7 @@ class EvaluableModel(Protocol):
 def eval_folder(run: str | Path, domain: str, split: str, checkpoint: str) -> Path:
     """Where ``udavae evaluate`` writes a model folder's metrics by default: ``RUN/eval/<domain>_<split>_<checkpoint>``
     (read back by ``udavae compare`` and ``udavae sweep``)."""
-    return Path(run) / "eval" / f"{domain}_{split}_{checkpoint}"
+    return layout.eval_folder(run, domain, split, checkpoint)
 
 
 def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None = None, dataset: str | None = None,
@@ -104,7 +105,7 @@ def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None 
     from udavae.data.nifti import save_like
     from udavae.data.spec import DatasetSpec
     from udavae.data.volumes import load_cases
-    from udavae.fileio import ensure_writable_dir
+    from udavae.fileio import STALE_TEMP_AGE_S, ensure_writable_dir, inside, remove_stale_temporaries
 
     cfg, info, run, checkpoint = model.config, model.info, model.run, model.checkpoint
     spec = DatasetSpec.load(dataset or info.dataset_path)
@@ -121,14 +122,18 @@ def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None 
     if unlabelled:
         raise DataError(f"cannot evaluate {domain}/{split}: cases without labels {unlabelled}")
     pp = model.postprocessing() if postprocess else None
-    out = ensure_writable_dir(Path(out) if out else eval_folder(run, domain, split, checkpoint))
-    loaded = load_cases(spec, cases, info.preprocessing, with_labels=True, desc=f"loading {domain}/{split}")
+    out = Path(out) if out else eval_folder(run, domain, split, checkpoint)
+    # Whole slices: the masks are predicted as ``predict`` predicts them, never cut by the training crop.
+    loaded = load_cases(spec, cases, info.preprocessing, with_labels=True, desc=f"loading {domain}/{split}",
+                        whole=True)
+    out = ensure_writable_dir(out)  # only now: a split that cannot be loaded leaves no empty folder behind
+    remove_stale_temporaries(out, min_age_s=STALE_TEMP_AGE_S)
     on_pred = None
     if save_masks:
-        ensure_writable_dir(out / "masks")
+        remove_stale_temporaries(ensure_writable_dir(out / "masks"), min_age_s=STALE_TEMP_AGE_S)
 
         def on_pred(case, classes):  # noqa: ANN001
-            save_like(info.labels.to_codes(classes), case.reference, out / "masks" / f"{case.id}.nii.gz")
+            save_like(info.labels.to_codes(classes), case.reference, inside(out / "masks", f"{case.id}.nii.gz"))
 
     rows, raw_rows = evaluate_cases(model.predictor, loaded, info.labels.class_names, on_pred, pp)
     summary = summary_of(rows, {

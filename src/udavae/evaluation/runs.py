@@ -22,6 +22,7 @@ import yaml
 
 from udavae.errors import DataError, UserError
 from udavae.fileio import read_json
+from udavae.layout import CONFIG_FILE, MODEL_FILE, is_model_folder
 
 #: Metrics ``compare`` can summarise: (label, unit, factor from the metrics.csv value, higher is better).
 METRICS: dict[str, tuple[str, str, float, bool]] = {
@@ -64,11 +65,6 @@ class RunInfo:
     method: str
     domain: str
     structures: tuple[str, ...]
-
-
-def is_model_folder(path: Path) -> bool:
-    """A folder written by ``udavae train``: it holds model.json and config.yaml."""
-    return (path / "model.json").is_file() and (path / "config.yaml").is_file()
 
 
 def is_sweep_folder(path: Path) -> bool:
@@ -120,8 +116,8 @@ def read_run(path: Path, label: str | None = None) -> RunInfo:
 
     Group by default: ``sweep_run.json``'s ``group`` when the run belongs to a sweep, else the config's preset.
     """
-    info = read_json(path / "model.json", "model description")
-    cfg = _read_yaml(path / "config.yaml")
+    info = read_json(path / MODEL_FILE, "model description")
+    cfg = _read_yaml(path / CONFIG_FILE)
     sweep = read_json(path / "sweep_run.json", "sweep run description") \
         if (path / "sweep_run.json").is_file() else {}
     method = cfg.get("method") if isinstance(cfg.get("method"), dict) else {}

@@ -21,6 +21,7 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from udavae.fileio import atomic_write, ensure_writable_dir  # noqa: E402
+from udavae.layout import CONFIG_FILE, LOG_JSONL  # noqa: E402
 
 _COLORS = ["#00000000", "#f5c518", "#e6194b", "#3cb44b", "#4363d8", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 
@@ -199,7 +200,7 @@ def curves_figure(log_path: Path, path: Path) -> Path | None:
     try:
         import yaml
 
-        cfg = yaml.safe_load((log_path.parent / "config.yaml").read_text(encoding="utf-8"))
+        cfg = yaml.safe_load((log_path.parent / CONFIG_FILE).read_text(encoding="utf-8"))
         title += f" ({cfg['preset']}, profile {cfg['profile']})"
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         pass
@@ -237,7 +238,7 @@ def make_report(run: str | Path, out: str | Path, split: str = "test", n_cases: 
                                       out / "reconstructions.png")
             if f is not None:
                 written.append(f)
-    f = curves_figure(run / "log.jsonl", out / "training_curves.png")
+    f = curves_figure(run / LOG_JSONL, out / "training_curves.png")
     if f is not None:
         written.append(f)
     return written
