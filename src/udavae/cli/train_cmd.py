@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: 4 on CUDA, 0 on the CPU)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"),
                    help="mixed precision (default none = fp32): bf16 on GPUs and on CPUs with AVX512-BF16 / "
-                   "AMX (about 2x faster there), changes rounding (see README); fp16 is refused for training")
+                   "AMX (about 2x faster there), changes rounding (docs/performance.md); fp16 is refused for training")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (minutes of "
                    "compilation first; pays off over long runs)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES,

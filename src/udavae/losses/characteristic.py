@@ -10,7 +10,7 @@ As in CFDNet only the per-channel marginals are compared, and the channels are a
 authors' code this is the exact integral with its true gradient: their forward drops the factor 2 and
 divides once more by n^2 C, while their hand-written backward leaves that division out (it is the
 gradient of half the channel-averaged integral). The default weight ``CFDWeights.cf`` (``methods/cfd.py``) (1e-5) is
-theirs, unadjusted; the default band (100) is their README's, their code uses 1e6. See
+theirs, unadjusted; the default band (100) is the one their documentation gives, their code uses 1e6. See
 docs/implementation-notes.md, sections 8 (#cfdnet) and 13, D10 (#dev-cfdnet).
 """
 

@@ -55,7 +55,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "optim.lr": 1e-4,
     },
     # A budget that trains UDA-VAE++ on 2 CPU cores in <= 40 minutes: measured 39 min in fp32 and 28 min with
-    # --amp bf16 on an idle 2-core AMD EPYC VM with AVX512-BF16 (README, benchmarks/mscmrseg_cpu.py).
+    # --amp bf16 on an idle 2-core AMD EPYC VM with AVX512-BF16 (docs/performance.md, benchmarks/mscmrseg_cpu.py).
     # Slices zoomed by 2/3 in pixels (192 -> 128; 2.25x fewer pixels), 96x96 training crops (the paper's
     # 160-of-192 at 2/3); evaluation still at the native grid. A pixel zoom rather than a common spacing:
     # the Patch192 C0 headers (1.25 mm) do not describe their pixels, and resampling by them made the C0

@@ -1,7 +1,7 @@
 """Report figures a reader of the paper expects, as PNG files.
 
-- ``overlays.png``: target image / ground truth / prediction for a few cases (deck Fig. 5);
-- ``reconstructions.png``: source and target images with their reconstructions (deck Fig. 6);
+- ``overlays.png``: target image / ground truth / prediction for a few cases (the paper's Fig. 5);
+- ``reconstructions.png``: source and target images with their reconstructions (the paper's Fig. 6);
 - ``training_curves.png``: losses and validation Dice per epoch.
 """
 
