@@ -105,7 +105,7 @@ class Model:
 
         data, spacing = self._read(image, spacing)
         info, predictor = self._trained.info, self._trained.predictor
-        slices, geom = info.preprocessing.image(data, spacing)
+        slices, geom = info.preprocessing.image(data, spacing, whole=True)  # the whole scan, never cut by a crop
         native = predictor.native_probabilities(slices, geom, samples)
         classes = native.argmax(0).numpy().astype(np.uint8)
         pp = self._trained.postprocessing() if postprocess else None
@@ -142,9 +142,11 @@ class Model:
                 raise UserError("predict(array) needs spacing=(x, y, z) in mm")
         if data.ndim != 3:
             raise UserError(f"expected a 3-D volume (x, y, z), got shape {data.shape}")
+        from udavae.data.nifti import MAX_SPACING_MM, spacing_problem
+
         sp = tuple(float(s) for s in spacing)  # type: ignore[union-attr]
-        if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
-            raise UserError(f"spacing must be three positive numbers (mm), got {spacing}")
+        if len(sp) != 3 or spacing_problem(sp):
+            raise UserError(f"spacing must be three numbers > 0 and <= {MAX_SPACING_MM:g} mm, got {spacing}")
         if not np.isfinite(data).all():
             raise UserError("the volume contains NaN or Inf values")
         return data, sp  # type: ignore[return-value]

@@ -1,8 +1,8 @@
 """Command-line interface: ``udavae <command> ...``.
 
 Each sub-module registers its commands through ``register(subparsers)`` and sets ``func`` on its parser;
-errors a user can fix (:class:`UserError`, ``ValueError``, ``FileNotFoundError``) are printed as one
-clear line and give exit status 2, never a traceback.
+errors a user can fix (:class:`UserError`, ``ValueError``, ``FileNotFoundError``) and system errors such as
+a full disk (``OSError``) are printed as one clear line and give exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"udavae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, file too large, I/O error...: one line naming the file, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"udavae {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

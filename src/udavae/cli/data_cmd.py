@@ -101,10 +101,16 @@ def describe(spec: DatasetSpec, full: bool = False) -> list[str]:
 
 
 def _run_check(root: Path) -> int:
-    """Check the dataset at ``root``: problems and a FAILED line to stderr (exit 2), or an OK line."""
-    from udavae.data.check import check_dataset
+    """Check the dataset at ``root``: problems and a FAILED line to stderr (exit 2), or an OK line.
 
-    problems = check_dataset(root)
+    Warnings (labels beyond the training crop) go to stderr as ``warning:`` lines in both cases.
+    """
+    from udavae.data.check import Problem, check_dataset
+
+    notes: list[Problem] = []
+    problems = check_dataset(root, notes=notes)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)

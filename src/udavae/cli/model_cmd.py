@@ -25,7 +25,8 @@ def register(subparsers: Any) -> None:
         description="Print the parameter count of the segmentation network and of everything trained,\n"
                     "the FLOPs of one training step (forward + backward, BATCH source + BATCH target crops)\n"
                     "and of one inference slice. Counted on the meta device: instant, no data.\n"
-                    "The ablation presets (abl-*) are the rows of the UDA-VAE++ paper's ablation table (bSSFP -> LGE):\n"
+                    "The ablation presets (abl-*) are the rows of the UDA-VAE++ paper's ablation table\n"
+                    "(bSSFP -> LGE): "
                     "CN = concat wiring, Att = spatial-gate mean head, Global / Local / Prior = SMIE terms.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=presets_epilog(),

@@ -137,7 +137,7 @@ def _print_table(rows: list[dict]) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     """Plan (or reload), then run the sweep; exit 1 if a run failed, 130 if interrupted."""
     from udavae.engine.sweep import Sweep, open_sweep, run_summaries, sweep_lock
-    from udavae.engine.sweep_plan import PLAN_FILE, SweepPlan, build_plan
+    from udavae.engine.sweep_plan import PLAN_FILE, SweepPlan, build_plan, check_plan_data
     from udavae.fileio import read_json
 
     folder = Path(args.out)
@@ -147,6 +147,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     if plan is None and not args.resume:
         raise UserError("no grid given: pass --dataset and --presets (or --grid FILE), or --resume to continue "
                         f"the sweep in {folder}")
+    if plan is not None:
+        check_plan_data(plan)  # dataset, domains, splits: before any folder is made or any run trains
     device, gpus = _device_and_gpus(args)
     if args.dry_run:
         stored = folder / PLAN_FILE
@@ -167,6 +169,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     with sweep_lock(folder):
         plan = open_sweep(folder, plan, args.resume)
+        check_plan_data(plan)  # a stored plan, too: its dataset may have changed since
         sweep = Sweep(folder, plan, device, gpus, args.jobs)
         sweep.load_status()
         print(f"sweep {folder}: {len(plan.runs)} runs ({sum(s.state == 'done' for s in sweep.status.values())} "

@@ -5,7 +5,10 @@ silently; :func:`check_dataset` reads every image and label fully (each once) an
 missing, unreadable / corrupt / truncated, not 3-D, empty (zero voxels or a constant image),
 NaN/Inf values, image/label shape, spacing or orientation mismatch, and label codes outside the label
 map; and for the description: a missing or malformed ``dataset.json``, domains without cases, split ids
-that do not exist, and an import that did not finish.
+that do not exist, names that are not safe file names, and an import that did not finish. With the
+preprocessing known it also refuses an implausible voxel spacing or a resampled slice over
+:data:`~udavae.data.preprocessing.MAX_SIDE` pixels, and notes (a warning, not a problem) each label file whose
+structures reach beyond the centre crop that training sees.
 
 The same per-file rules (:func:`check_files`, :func:`check_sources`) vet an import's source files before
 anything is written, so an import and ``udavae data check`` never disagree about what a usable file is.
@@ -13,6 +16,7 @@ anything is written, so an import and ``udavae data check`` never disagree about
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,10 +27,11 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from udavae.data.nifti import Volume, load_volume
-from udavae.data.spec import INCOMPLETE_MARKER, SPEC_FILE, Case, DatasetSpec, LabelMap
+from udavae.data.nifti import GeometryError, Volume, load_volume
+from udavae.data.preprocessing import Preprocessing
+from udavae.data.spec import INCOMPLETE_MARKER, SPEC_FILE, Case, DatasetSpec, LabelMap, unsafe_names_message
 from udavae.errors import UserError
-from udavae.fileio import read_json
+from udavae.fileio import is_safe_name, read_json
 
 SPACING_RTOL = 1e-3
 AFFINE_TOL = 1e-3  # relative to the voxel size
@@ -76,6 +81,10 @@ def _load_spec(root: Path) -> tuple[DatasetSpec | None, list[Problem]]:
             continue
         ids = {c.id for c in spec.domains[dom]}
         clean: dict[str, list[str]] = {}
+        bad = [f"split {name!r} of domain {dom!r}" for name in named if not is_safe_name(name)]
+        if bad:
+            problems.append(Problem(json_path, _strip(Exception(unsafe_names_message(json_path, bad)), json_path)))
+            named = {k: v for k, v in named.items() if is_safe_name(k)}
         for name, members in named.items():
             members = [str(m) for m in members] if isinstance(members, list) else []
             unknown = [m for m in members if m not in ids]
@@ -102,6 +111,9 @@ def _read(path: Path, what: str, problems: list[Problem]) -> Volume | None:
         return None
     try:
         vol = load_volume(path, dtype=None, require_3d=False)
+    except GeometryError as exc:
+        problems.append(Problem(path, f"{what}: {_strip(exc, path)}"))
+        return None
     except UserError as exc:
         problems.append(Problem(path, f"unreadable {what}: {_strip(exc, path)}"))
         return None
@@ -175,24 +187,58 @@ def _check_pair(image: Volume, label: Volume, problems: list[Problem]) -> None:
                                             f"by up to {diff:.4g} (tolerance {tol:.2g})"))
 
 
-def check_files(image_path: Path, label_path: Path | None, labels: LabelMap) -> list[Problem]:
-    """All problems of one image (and its label file, if any), each file read once."""
+def _check_size(image: Volume, prep: Preprocessing, problems: list[Problem]) -> bool:
+    """The resampled slice must stay within the size limit; True when it does."""
+    try:
+        prep.geometry(image.data.shape, image.spacing)
+    except ValueError as exc:
+        problems.append(Problem(image.path, str(exc)))
+        return False
+    return True
+
+
+def _note_crop(label: Volume, labels: LabelMap, prep: Preprocessing, notes: list[Problem]) -> None:
+    """Note a label file whose structures reach beyond the centre crop to ``prep.size`` that training sees."""
+    values = np.nan_to_num(np.asarray(label.data, dtype=np.float64))
+    share = prep.cropped_share(~np.isin(np.rint(values), list(labels.background_codes)), label.spacing)
+    if share > 0:
+        h, w = prep.size
+        notes.append(Problem(label.path, f"{100 * share:.1f}% of the labelled voxels lie outside the {h}x{w} "
+                                         "centre crop that training sees (preprocessing size); prediction covers "
+                                         "the whole image, but training never sees that part: a larger size "
+                                         "keeps it"))
+
+
+def check_files(image_path: Path, label_path: Path | None, labels: LabelMap, prep: Preprocessing | None = None,
+                notes: list[Problem] | None = None) -> list[Problem]:
+    """All problems of one image (and its label file, if any), each file read once.
+
+    With ``prep`` the resampled size is checked too and, when ``notes`` is a list, a label reaching beyond the
+    training crop is noted there (a warning: the data are usable).
+    """
     problems: list[Problem] = []
     image = _read(image_path, "image", problems)
+    sized = True
     if image is not None:
         _check_image(image, problems)
+        if prep is not None and image.data.ndim == 3:
+            sized = _check_size(image, prep, problems)
     if label_path is not None:
         label = _read(label_path, "label", problems)
         if label is not None:
             _check_label(label, labels, problems)
             if image is not None:
                 _check_pair(image, label, problems)
+            if prep is not None and notes is not None and sized:
+                with contextlib.suppress(ValueError):  # an oversized slice is refused above (with the image)
+                    _note_crop(label, labels, prep, notes)
     return problems
 
 
-def check_case(spec: DatasetSpec, case: Case) -> list[Problem]:
-    """All problems of one case of a dataset."""
-    return check_files(spec.path(case.image), spec.path(case.label) if case.label else None, spec.labels)
+def check_case(spec: DatasetSpec, case: Case, notes: list[Problem] | None = None) -> list[Problem]:
+    """All problems of one case of a dataset (checked against its preprocessing; crop warnings to ``notes``)."""
+    return check_files(spec.path(case.image), spec.path(case.label) if case.label else None, spec.labels,
+                       spec.preprocessing, notes)
 
 
 def _show_progress(progress: bool | None) -> bool:
@@ -200,7 +246,8 @@ def _show_progress(progress: bool | None) -> bool:
 
 
 def check_sources(pairs: Iterable[tuple[Path, Path | None]], labels: LabelMap,
-                  progress: bool | None = None) -> list[Problem]:
+                  progress: bool | None = None, prep: Preprocessing | None = None,
+                  notes: list[Problem] | None = None) -> list[Problem]:
     """Every problem of (image, label or None) file pairs outside a dataset, e.g. an import's sources.
 
     Problems name the given paths, so a user sees their own files, not the copies an import would make.
@@ -209,21 +256,26 @@ def check_sources(pairs: Iterable[tuple[Path, Path | None]], labels: LabelMap,
         pairs: image path and label path (None for an unlabelled image).
         labels: the label map the label files must follow.
         progress: progress bar on stderr; default only when stderr is a terminal.
+        prep: the preprocessing the files will get (checks the resampled size).
+        notes: when a list, warnings (labels beyond the training crop) are appended to it.
     """
     pairs = list(pairs)
     problems: list[Problem] = []
     for image, label in tqdm(pairs, desc="checking sources", unit="case", file=sys.stderr,
                              disable=not _show_progress(progress)):
-        problems.extend(check_files(image, label, labels))
+        problems.extend(check_files(image, label, labels, prep, notes))
     return problems
 
 
-def check_dataset(root: str | Path, progress: bool | None = None) -> list[Problem]:
+def check_dataset(root: str | Path, progress: bool | None = None,
+                  notes: list[Problem] | None = None) -> list[Problem]:
     """Every problem of the dataset at ``root`` (empty list: the dataset is usable).
 
     Args:
         root: dataset folder (holding ``dataset.json``).
         progress: show a progress bar over cases on stderr; default only when stderr is a terminal.
+        notes: when a list, warnings that do not make the dataset unusable are appended to it: each label file
+            whose structures reach beyond the centre crop to the preprocessing ``size`` that training sees.
     """
     root = Path(root)
     spec, problems = _load_spec(root)
@@ -239,5 +291,5 @@ def check_dataset(root: str | Path, progress: bool | None = None) -> list[Proble
             problems.append(Problem(root / SPEC_FILE, f"domain {dom!r} has no cases (empty domain)"))
     all_cases = [c for cases in spec.domains.values() for c in cases]
     for case in tqdm(all_cases, desc="checking", unit="case", file=sys.stderr, disable=not _show_progress(progress)):
-        problems.extend(check_case(spec, case))
+        problems.extend(check_case(spec, case, notes))
     return problems

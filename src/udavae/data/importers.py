@@ -27,18 +27,25 @@ from pathlib import Path
 
 from udavae.data.check import Problem, check_sources
 from udavae.data.layouts import check_labelled, choose_splits, natural_key, scan_folder
-from udavae.data.nifti import NIFTI_SUFFIXES, read_header
-from udavae.data.preprocessing import Preprocessing
-from udavae.data.spec import INCOMPLETE_MARKER, SPEC_FILE, Case, DatasetSpec, LabelMap, case_relpaths
+from udavae.data.nifti import NIFTI_SUFFIXES, read_header, spacing_problem
+from udavae.data.preprocessing import MAX_SIDE, Preprocessing
+from udavae.data.spec import (
+    INCOMPLETE_MARKER,
+    SPEC_FILE,
+    Case,
+    DatasetSpec,
+    LabelMap,
+    case_relpaths,
+    unsafe_names,
+    unsafe_names_message,
+)
 from udavae.errors import DataError, UserError
-from udavae.fileio import atomic_path, ensure_writable_dir, write_text
+from udavae.fileio import atomic_path, check_name, ensure_writable_dir, inside, write_text
 
 #: MS-CMRSeg 2019 label codes (background 0).
 MSCMRSEG_LABELS: dict[str, int] = {"MYO": 200, "LV": 500, "RV": 600}
 #: MM-WHS 2017 label codes (background 0).
 MMWHS_CODES: dict[str, int] = {"MYO": 205, "LA": 420, "LV": 500, "RA": 550, "RV": 600, "AA": 820, "PA": 850}
-
-_DOMAIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -124,10 +131,18 @@ def _merge_labels(existing: LabelMap, new: LabelMap, out: Path) -> LabelMap:
                         f"existing {existing.describe()}: {exc}") from None
 
 
-def _validate_sources(plan: _Plan, labels: LabelMap, out: Path) -> None:
+def _check_names(plan: _Plan, src: Path) -> None:
+    """Domain names, case ids and split names must be safe file names (they become the dataset's paths)."""
+    bad = unsafe_names({d: [i for i, _, _ in entries] for d, entries in plan.domains.items()},
+                       {d: list(s) for d, s in plan.splits.items()})
+    if bad:
+        raise UserError(unsafe_names_message(src, bad) + "; rename the files (case ids come from file names)")
+
+
+def _validate_sources(plan: _Plan, labels: LabelMap, out: Path, prep: Preprocessing) -> None:
     """Read every source file with the rules of ``udavae data check``; raise one error listing all problems."""
     pairs = [(image, label) for entries in plan.domains.values() for _, image, label in entries]
-    problems = check_sources(pairs, labels)
+    problems = check_sources(pairs, labels, prep=prep)
     if problems:
         raise DataError(_problem_report(problems, out))
 
@@ -160,9 +175,11 @@ def _write(plan: _Plan, src: Path, out: str | Path, link: bool) -> DatasetSpec:
     is removed again; an interruption (Ctrl-C, kill) leaves the incomplete marker for the next run.
     """
     out = Path(out)
+    _check_names(plan, src)
     existing = _open_output(out, src)
     labels = plan.labels if existing is None else _merge_labels(existing.labels, plan.labels, out)
-    _validate_sources(plan, labels, out)
+    prep = existing.preprocessing if existing is not None and not plan.preprocessing_explicit else plan.preprocessing
+    _validate_sources(plan, labels, out, prep)
     created = _first_missing(out)
     ensure_writable_dir(out)
     try:
@@ -190,11 +207,11 @@ def _write_files(plan: _Plan, out: Path, existing: DatasetSpec | None, labels: L
         cases = []
         for case_id, image, label in entries:
             rel_image = case_relpaths(domain, case_id, _nifti_suffix(image))[0]
-            _place(image, out / rel_image, link)
+            _place(image, inside(out, rel_image), link)
             rel_label = None
             if label is not None:
                 rel_label = case_relpaths(domain, case_id, _nifti_suffix(label))[1]
-                _place(label, out / rel_label, link)
+                _place(label, inside(out, rel_label), link)
             cases.append(Case(id=case_id, image=rel_image, label=rel_label))
         domains[domain] = cases
         if plan.splits.get(domain):
@@ -258,7 +275,7 @@ def import_mscmrseg(src: str | Path, out: str | Path, link: bool = False) -> Dat
         out: output dataset folder.
         link: symlink the files instead of copying them.
 
-    Splits serve both directions of the deck's tables:
+    Splits serve both directions of the UDA-VAE++ paper's tables:
 
     - bSSFP (C0) -> LGE, the published protocol: C0 ``train`` = all 35 cases (the source); LGE patients 1-5
       are ``val`` (model selection) and 6-45 ``test``.
@@ -293,9 +310,7 @@ def import_mscmrseg(src: str | Path, out: str | Path, link: bool = False) -> Dat
 
 # --------------------------------------------------------------------------- user folder
 def _check_domain_name(domain: str) -> None:
-    if not _DOMAIN_RE.match(domain or ""):
-        raise UserError(f"domain name {domain!r} must start with a letter or digit and hold only "
-                        "letters, digits, '_', '-' and '.'")
+    check_name(domain, "domain name")
 
 
 def _rounded_up(n: float, multiple: int = 16) -> int:
@@ -305,7 +320,8 @@ def _rounded_up(n: float, multiple: int = 16) -> int:
 def _default_size(images: list[Path], target_spacing: tuple[float, float] | None) -> int:
     """Largest in-plane extent (after resampling to ``target_spacing``) rounded up to 16.
 
-    Unreadable headers are skipped here: the source check reports them before anything is written.
+    Unreadable headers, implausible spacings and oversized slices are skipped here: the source check reports
+    them before anything is written.
     """
     largest = 0.0
     for path in images:
@@ -314,8 +330,11 @@ def _default_size(images: list[Path], target_spacing: tuple[float, float] | None
         except DataError:
             continue
         shape, zooms = hdr.get_data_shape(), hdr.get_zooms()
-        for n, s, t in zip(shape[:2], zooms[:2], target_spacing or (None, None)):
-            largest = max(largest, n * s / t if t else n)
+        if spacing_problem(tuple(zooms[:2])):
+            continue
+        extents = [n * s / t if t else n for n, s, t in zip(shape[:2], zooms[:2], target_spacing or (None, None))]
+        if max(extents, default=0) <= MAX_SIDE:
+            largest = max(largest, *extents)
     return _rounded_up(largest) or 16  # 0: nothing readable, and the source check will say so
 
 

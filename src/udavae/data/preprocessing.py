@@ -12,6 +12,10 @@ The result is a stack of 2-D slices (z, H, W). :meth:`Preprocessing.invert_proba
 class probabilities back to the original grid (padding removed, cropped border filled with background,
 bilinear resampling back), so predicted masks have the input's exact shape and geometry.
 The same object is stored in ``dataset.json`` and with each trained model.
+
+Training needs slices of one size, so step 3 crops; prediction (``whole=True``) only pads, so the network (fully
+convolutional) sees the whole slice and no mask is cut by the crop. Where the slice fits in ``size`` both give
+the same slices. :meth:`Preprocessing.cropped_share` says how much of a label volume the training crop loses.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import torch
 import torch.nn.functional as F
 
 INTENSITY_MODES = ("percentile", "minmax", "none")
+#: Largest in-plane side (pixels) of a network slice or of a resampled slice: beyond it, a header or a target
+#: spacing is almost certainly wrong, and the allocation would fail with an allocator error naming nothing.
+MAX_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class Preprocessing:
         self.size = tuple(int(s) for s in self.size)  # type: ignore[assignment]
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"preprocessing.size must be two positive integers, got {self.size}")
+        if max(self.size) > MAX_SIDE:
+            raise ValueError(f"preprocessing.size {list(self.size)} exceeds the limit of {MAX_SIDE} pixels per side")
         if not self.zoom > 0:
             raise ValueError(f"preprocessing.zoom must be > 0, got {self.zoom}")
         if self.target_spacing is not None:
@@ -112,27 +121,63 @@ class Preprocessing:
         return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing[:2], self.target_spacing))  # type: ignore[return-value]
 
     def geometry(self, shape: tuple[int, ...], spacing: tuple[float, ...]) -> Geometry:
-        """The geometry record of a volume of this shape / spacing."""
-        x, y, z = (int(s) for s in shape)
-        return Geometry(shape=(x, y, z), resampled=self._resampled_shape((x, y), spacing))
+        """The geometry record of a volume of this shape / spacing.
 
-    def image(self, volume: np.ndarray, spacing: tuple[float, ...]) -> tuple[torch.Tensor, Geometry]:
-        """Preprocess an image volume (x, y, z) -> float32 slices (z, H, W) in [0, 1]."""
+        Raises:
+            ValueError: the resampled slice would exceed :data:`MAX_SIDE` pixels per side.
+        """
+        x, y, z = (int(s) for s in shape)
+        resampled = self._resampled_shape((x, y), spacing)
+        if max(resampled) > MAX_SIDE:
+            how = f"resampled to {list(self.target_spacing)} mm" if self.target_spacing else f"zoomed by {self.zoom:g}"
+            raise ValueError(f"a {x}x{y} slice with spacing ({', '.join(f'{v:g}' for v in spacing[:2])}) mm "
+                             f"{how} would be {resampled[0]}x{resampled[1]} pixels, over the limit of {MAX_SIDE}")
+        return Geometry(shape=(x, y, z), resampled=resampled)
+
+    def network_size(self, geom: Geometry, whole: bool = False) -> tuple[int, int]:
+        """In-plane size of the network slices: ``size``, or with ``whole`` at least the resampled slice."""
+        if not whole:
+            return self.size
+        return max(self.size[0], geom.resampled[0]), max(self.size[1], geom.resampled[1])
+
+    def image(self, volume: np.ndarray, spacing: tuple[float, ...],
+              whole: bool = False) -> tuple[torch.Tensor, Geometry]:
+        """Preprocess an image volume (x, y, z) -> float32 slices (z, H, W) in [0, 1].
+
+        ``whole``: pad to at least ``size`` but never crop (prediction); else centre-crop / pad to ``size``.
+        """
         geom = self.geometry(volume.shape, spacing)
         slices = torch.from_numpy(np.ascontiguousarray(self.normalize(volume).transpose(2, 0, 1)))
         if geom.resampled != tuple(slices.shape[1:]):
             slices = F.interpolate(slices[:, None], size=geom.resampled, mode="bilinear",
                                    align_corners=False, antialias=True)[:, 0].clamp_(0, 1)
-        return crop_or_pad(slices, self.size), geom
+        return crop_or_pad(slices, self.network_size(geom, whole)), geom
 
-    def label(self, classes: np.ndarray, spacing: tuple[float, ...]) -> torch.Tensor:
-        """Preprocess a class-index volume (x, y, z) -> uint8 slices (z, H, W) (nearest resampling)."""
+    def _resampled_label(self, classes: np.ndarray, spacing: tuple[float, ...]) -> tuple[torch.Tensor, Geometry]:
+        """Class slices (z, rx, ry) on the resampled grid, before crop / pad (nearest resampling)."""
         geom = self.geometry(classes.shape, spacing)
         slices = torch.from_numpy(np.ascontiguousarray(np.asarray(classes, dtype=np.uint8).transpose(2, 0, 1)))
         if geom.resampled != tuple(slices.shape[1:]):
             slices = F.interpolate(slices[:, None].float(), size=geom.resampled,
                                    mode="nearest-exact")[:, 0].to(torch.uint8)
-        return crop_or_pad(slices, self.size)
+        return slices, geom
+
+    def label(self, classes: np.ndarray, spacing: tuple[float, ...], whole: bool = False) -> torch.Tensor:
+        """Preprocess a class-index volume (x, y, z) -> uint8 slices (z, H, W) (nearest resampling)."""
+        slices, geom = self._resampled_label(classes, spacing)
+        return crop_or_pad(slices, self.network_size(geom, whole))
+
+    def cropped_share(self, classes: np.ndarray, spacing: tuple[float, ...]) -> float:
+        """Share of the labelled (non-zero) voxels of ``classes`` (x, y, z) that the centre crop to ``size``
+        leaves out, on the resampled grid (0.0 when nothing is cut or nothing is labelled).
+
+        Training sees only that crop; a case with a positive share is trained on a cut heart.
+        """
+        slices, _ = self._resampled_label((np.asarray(classes) != 0).astype(np.uint8), spacing)
+        total = int(torch.count_nonzero(slices))
+        if not total:
+            return 0.0
+        return (total - int(torch.count_nonzero(crop_or_pad(slices, self.size)))) / total
 
     # ------------------------------------------------------------------ inverse
     def invert_probabilities(self, probs: torch.Tensor, geom: Geometry) -> torch.Tensor:

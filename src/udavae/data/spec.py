@@ -9,6 +9,10 @@ In the spirit of nnU-Net's dataset.json + imagesTr/labelsTr, one JSON file decla
 - ``domains``: domain name -> list of cases ``{"id", "image", "label"?}`` (paths relative to the root);
 - ``splits``: domain name -> split name -> case ids (e.g. ``LGE: {val: [...], test: [...]}``);
 - ``preprocessing``: how images are normalised and sized (:mod:`udavae.data.preprocessing`).
+
+Domain names, case ids and split names become file and folder names (``<domain>/images/<id>.nii.gz``,
+``eval/<domain>_<split>_<checkpoint>``, ``masks/<id>.nii.gz``), so every one must be a safe name
+(:data:`udavae.fileio.SAFE_NAME_RULE`); a description with another is refused where it is read.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from udavae.data.preprocessing import Preprocessing
 from udavae.errors import DataError
-from udavae.fileio import read_json, write_json
+from udavae.fileio import SAFE_NAME_RULE, is_safe_name, read_json, write_json
 
 SPEC_FILE = "dataset.json"
 #: Marker file present in a dataset folder while an import into it runs (an interrupted import leaves it).
@@ -268,6 +272,10 @@ class DatasetSpec:
 
     def validate(self, source: str = SPEC_FILE) -> None:
         """Structural checks of the description (not of the files: see :mod:`udavae.data.check`)."""
+        bad = unsafe_names({d: [c.id for c in cases] for d, cases in self.domains.items()},
+                           {d: list(s) for d, s in self.splits.items()})
+        if bad:
+            raise DataError(unsafe_names_message(source, bad))
         for dom, cases in self.domains.items():
             ids = [c.id for c in cases]
             dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -281,6 +289,28 @@ class DatasetSpec:
                 missing = sorted(set(members) - ids)
                 if missing:
                     raise DataError(f"{source}: split {dom}/{s} names unknown cases {missing}")
+
+
+def unsafe_names(domains: Mapping[str, Sequence[str]], splits: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Every domain name, case id (``domains``: domain -> ids) and split name (``splits``: domain -> split
+    names) that is not a safe name, each described as ``case id '../x' of domain 'LGE'``."""
+    bad: list[str] = []
+    for dom, ids in domains.items():
+        if not is_safe_name(dom):
+            bad.append(f"domain {dom!r}")
+        bad += [f"case id {i!r} of domain {dom!r}" for i in ids if not is_safe_name(i)]
+    for dom, names in (splits or {}).items():
+        if not is_safe_name(dom) and dom not in domains:
+            bad.append(f"domain {dom!r} (in splits)")
+        bad += [f"split {s!r} of domain {dom!r}" for s in names if not is_safe_name(s)]
+    return bad
+
+
+def unsafe_names_message(source: str | Path, bad: list[str]) -> str:
+    """One line naming the file and every unsafe entry (at most ten shown)."""
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return (f"{source}: names that would leave their folder or are not portable file names: "
+            f"{', '.join(bad[:10])}{more}; use {SAFE_NAME_RULE}")
 
 
 def case_relpaths(domain: str, case_id: str, suffix: str = ".nii.gz") -> tuple[str, str]:

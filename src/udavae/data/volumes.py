@@ -43,38 +43,56 @@ class LoadedCase:
     reference: Volume
 
 
-def load_image(path: str | Path, prep: Preprocessing) -> tuple[Volume, torch.Tensor, Geometry]:
-    """Read an image volume, refuse NaN/Inf, and preprocess it: (volume, slices (z, H, W), geometry)."""
+def load_image(path: str | Path, prep: Preprocessing, whole: bool = True) -> tuple[Volume, torch.Tensor, Geometry]:
+    """Read an image volume, refuse NaN/Inf, and preprocess it: (volume, slices (z, H, W), geometry).
+
+    ``whole`` (default, for prediction): the slices are padded but never cropped, so no part of the scan is
+    lost; ``whole=False`` crops to the preprocessing's ``size`` as training does.
+
+    Raises:
+        DataError: unreadable file, NaN/Inf, implausible spacing or resampled size (naming the file).
+    """
     vol = load_volume(path)
     if not np.isfinite(vol.data).all():
         raise DataError(f"{vol.path}: image contains NaN or Inf values")
-    image, geom = prep.image(vol.data, vol.spacing)
+    try:
+        image, geom = prep.image(vol.data, vol.spacing, whole=whole)
+    except ValueError as exc:
+        raise DataError(f"{vol.path}: {exc}") from None
     return vol, image, geom
 
 
 def load_case(spec: DatasetSpec, case: Case, prep: Preprocessing, labels: LabelMap,
-              with_label: bool = True) -> LoadedCase:
-    """Read, check and preprocess one case (image and, if asked and present, its label)."""
-    vol, image, geom = load_image(spec.path(case.image), prep)
+              with_label: bool = True, whole: bool = False) -> LoadedCase:
+    """Read, check and preprocess one case (image and, if asked and present, its label).
+
+    ``whole``: keep whole slices (cases that are predicted: validation, evaluation); default the training crop.
+    """
+    vol, image, geom = load_image(spec.path(case.image), prep, whole=whole)
     label = native = None
     if with_label and case.label is not None:
         lab = load_volume(spec.path(case.label), dtype=None)
         if lab.data.shape != vol.data.shape:
             raise DataError(f"{lab.path}: label shape {lab.data.shape} != image shape {vol.data.shape}")
         native = labels.to_classes(lab.data, source=lab.path)
-        label = prep.label(native, vol.spacing)
+        label = prep.label(native, vol.spacing, whole=whole)
     return LoadedCase(case.id, image, label, geom, native, vol.spacing, vol)
 
 
 def load_cases(spec: DatasetSpec, cases: list[Case], prep: Preprocessing | None = None,
-               with_labels: bool = True, desc: str = "loading", workers: int = 2) -> list[LoadedCase]:
-    """Load several cases in parallel threads (gzip inflation releases the GIL), in order."""
+               with_labels: bool = True, desc: str = "loading", workers: int = 2,
+               whole: bool = False) -> list[LoadedCase]:
+    """Load several cases in parallel threads (gzip inflation releases the GIL), in order.
+
+    ``whole``: whole slices for cases that are predicted (sizes then differ between cases); default the
+    training crop to the preprocessing's ``size``.
+    """
     prep = prep or spec.preprocessing
     if not cases:
         return []
 
     def one(c: Case) -> LoadedCase:
-        return load_case(spec, c, prep, spec.labels, with_labels)
+        return load_case(spec, c, prep, spec.labels, with_labels, whole)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         it = pool.map(one, cases)

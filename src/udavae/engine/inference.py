@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from udavae.data.preprocessing import Geometry, Preprocessing
+from udavae.data.preprocessing import Geometry, Preprocessing, crop_or_pad, uncrop_or_unpad
 from udavae.engine.runtime import autocast
 
 
@@ -45,9 +45,18 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, slices: torch.Tensor, samples: int = 1) -> torch.Tensor:
-        """Mean softmax (z, K, H, W) on the network grid for preprocessed slices (z, H, W)."""
+        """Mean softmax (z, K, H, W) on the network grid for preprocessed slices (z, H, W).
+
+        Slices of any size are accepted: they are zero-padded (centred) to a multiple of the network's stride
+        and the probabilities cropped back, so a whole scan is segmented without cutting it.
+        """
         was_training = self.net.training
         self.net.eval()
+        h, w = slices.shape[-2:]
+        stride = int(getattr(self.net, "stride", 1))
+        padded = (-(-h // stride) * stride, -(-w // stride) * stride)
+        if padded != (h, w):
+            slices = crop_or_pad(slices, padded)
         try:
             out = []
             for start in range(0, slices.shape[0], self.batch_size):
@@ -61,7 +70,8 @@ class Predictor:
                     p = torch.softmax(logits.float(), dim=1)
                     acc = p if acc is None else acc + p
                 out.append((acc / samples).cpu())
-            return torch.cat(out)
+            probs = torch.cat(out)
+            return uncrop_or_unpad(probs, (h, w)) if padded != (h, w) else probs
         finally:
             self.net.train(was_training)
 

@@ -19,6 +19,7 @@ Every file is written atomically (temporary file + rename).
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         # weights_only: tensors and plain containers only; a pickled object can never run code here.
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False; name only what was refused (e.g. "GLOBAL posix.system").
+        what = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln), "")
+        raise UserError(f"checkpoint {path} holds Python objects other than weights and plain data and is refused, "
+                        "as loading them could run code (not a udavae checkpoint, or altered)"
+                        + (f": {what}" if what else "")) from None
     except Exception as exc:  # pickle / zip errors come in many types
         raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc})") from None
 
@@ -216,6 +223,13 @@ def is_run_folder(path: str | Path) -> bool:
 _PRE_TRAIN_FILES = {"sweep_run.json", LOCK_FILE}
 
 
+def _left_by_udavae(p: Path) -> bool:
+    """A file a sweep or a killed ``train`` may leave in a run folder before any checkpoint exists."""
+    if p.name in _PRE_TRAIN_FILES or is_temporary(p.name):
+        return True
+    return p.name == "checkpoints" and p.is_dir() and all(is_temporary(q.name) for q in p.iterdir())
+
+
 def check_new_run_folder(run: str | Path) -> None:
     """Refuse to train into a folder that holds anything but an earlier (unfinished) udavae run.
 
@@ -228,7 +242,7 @@ def check_new_run_folder(run: str | Path) -> None:
         return
     if not run.is_dir():
         raise UserError(f"--out {run} exists and is not a folder")
-    others = sorted(p.name for p in run.iterdir() if p.name not in _PRE_TRAIN_FILES and not is_temporary(p.name))
+    others = sorted(p.name for p in run.iterdir() if not _left_by_udavae(p))
     if others and not is_run_folder(run):
         shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
         raise UserError(f"--out {run} is not empty ({shown}) and is not a udavae model folder (no {MODEL_FILE} "

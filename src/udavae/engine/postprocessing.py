@@ -45,7 +45,8 @@ def postprocess_run(run: str | Path, checkpoints: tuple[str, ...] = ("best", "la
     cases = spec.split(info.target, val_split)
     if not cases or any(c.label is None for c in cases):
         raise DataError(f"{info.target}/{val_split} of {spec.root} has no labelled cases to decide on")
-    loaded = load_cases(spec, cases, info.preprocessing, with_labels=True, desc=f"loading {info.target}/{val_split}")
+    loaded = load_cases(spec, cases, info.preprocessing, with_labels=True, desc=f"loading {info.target}/{val_split}",
+                        whole=True)
     dev = resolve_device(device)
     decided = {}
     for checkpoint in checkpoints:

@@ -49,13 +49,16 @@ class PredictResult:
 
 
 def input_files(path: Path) -> list[Path]:
-    """The NIfTI file ``path`` or the NIfTI files in folder ``path``, sorted."""
+    """The NIfTI file ``path`` or the NIfTI files in folder ``path``, sorted.
+
+    Hidden files of a folder (``.name.nii.gz``: among them the temporaries a killed writer leaves) are skipped.
+    """
     from udavae.data.nifti import is_nifti
 
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p))
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
         if not files:
             raise UserError(f"no NIfTI files (*.nii, *.nii.gz) in {path}")
         return files
@@ -128,10 +131,11 @@ def predict_files(files: list[Path], plan: dict[Path, tuple[Path, Path]], predic
     ``qc_rows``: when a list, each file's label-free scores (``udavae.engine.labelfree``) are appended to it.
 
     With ``samples == 1`` an uncertainty map left by an earlier ``--samples K`` run would no longer match
-    the new mask beside it, so it is removed before the mask is written. ``pp``: the post-processing
-    applied to each mask (None: raw masks).
+    the new mask beside it, so it is removed before the mask is renamed into place. With ``samples > 1`` the
+    mask and its map are written as one unit (both to temporaries, the old map removed, then both renamed), so a
+    kill never leaves a new mask beside an old map. ``pp``: the post-processing applied to each mask (None: raw masks).
     """
-    from udavae.data.nifti import save_like
+    from udavae.data.nifti import save_all_like
     from udavae.data.volumes import load_image
 
     masks = {m.resolve() for m, _ in plan.values()}
@@ -140,13 +144,14 @@ def predict_files(files: list[Path], plan: dict[Path, tuple[Path, Path]], predic
         mask, unc = plan[f]
         vol, slices, geom = load_image(f, prep)
         pred = predictor.predict(slices, geom, samples=samples)
-        if pred.uncertainty is None and unc.is_file() and unc.resolve() not in masks:
-            unc.unlink()
-            removed.append(unc)
         classes = pp.apply(pred.classes, labels.class_names) if pp is not None else pred.classes
-        save_like(labels.to_codes(classes), vol, mask)
+        volumes = [(labels.to_codes(classes), mask, np.int16)]
         if pred.uncertainty is not None:
-            save_like(pred.uncertainty, vol, unc, dtype=np.float32)
+            volumes.append((pred.uncertainty, unc, np.float32))
+        stale = pred.uncertainty is None and unc.is_file() and unc.resolve() not in masks
+        save_all_like(volumes, vol, remove=[unc] if stale else [])
+        if stale:
+            removed.append(unc)
         if qc_rows is not None:
             from udavae.engine.labelfree import image_scores
 
@@ -190,7 +195,7 @@ def predict_folder(model, inp: str | Path, out: str | Path, samples: int = 1, sk
         DataError: an input cannot be segmented (and not ``skip_bad``, or none can).
     """
     from udavae.evaluation.qc import qc_rows, write_qc_csv
-    from udavae.fileio import ensure_writable_dir
+    from udavae.fileio import STALE_TEMP_AGE_S, ensure_writable_dir, remove_stale_temporaries
 
     files, plan = plan_outputs(inp, out, samples)
     info = model.info
@@ -202,6 +207,7 @@ def predict_folder(model, inp: str | Path, out: str | Path, samples: int = 1, sk
                         + "; ".join(bad.values()) + hint)
     pp = model.postprocessing() if postprocess else None
     folder = ensure_writable_dir(Path(out))
+    remove_stale_temporaries(folder, min_age_s=STALE_TEMP_AGE_S)  # left by a killed predict
     rows: list | None = [] if qc else None
     removed = predict_files(good, plan, model.predictor, info.labels, info.preprocessing, samples, pp, rows)
     result = PredictResult(folder, [plan[f][0] for f in good], bad, removed, postprocessing=pp)

@@ -27,12 +27,12 @@ from udavae.engine.model_folder import SELECTED, resolve_checkpoint
 from udavae.engine.sweep_plan import PLAN_FILE, RunSpec, SweepPlan
 from udavae.errors import UserError
 from udavae.evaluation.run import eval_folder
-from udavae.fileio import read_json, write_json
+from udavae.fileio import LOCK_FILE, FolderLock, read_json, write_json
 from udavae.layout import checkpoint_file
 
 STATUS_FILE = "status.json"
 RUN_INFO_FILE = "sweep_run.json"
-_LOCK_FILE = ".lock"
+_LOCK_FILE = LOCK_FILE
 _POLL_S = 0.5
 
 
@@ -77,16 +77,6 @@ def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fmt_time(seconds: float) -> str:
@@ -336,22 +326,13 @@ class Sweep:
 
 @contextlib.contextmanager
 def sweep_lock(folder: Path):  # noqa: ANN201
-    """Hold ``SWEEP/.lock`` (this process's pid) so two sweeps never drive the same runs at once."""
-    lock = folder / _LOCK_FILE
-    if lock.is_file():
-        try:
-            pid = int(lock.read_text().strip() or 0)
-        except (OSError, ValueError):
-            pid = 0
-        if pid and pid != os.getpid() and _pid_alive(pid):
-            raise UserError(f"sweep {folder} is already being run by process {pid}; wait for it or stop it "
-                            f"(kill {pid}) before resuming")
-    lock.write_text(str(os.getpid()))
-    try:
+    """Hold ``SWEEP/.lock`` so two sweeps never drive the same runs at once.
+
+    An atomic ``flock`` (:class:`udavae.fileio.FolderLock`): of two sweeps started together exactly one gets it,
+    and a sweep killed with ``kill -9`` never leaves the folder locked.
+    """
+    with FolderLock(folder, "sweep"):
         yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
 
 
 def open_sweep(folder: Path, plan: SweepPlan | None, resume: bool) -> SweepPlan:

@@ -221,6 +221,46 @@ def build_plan(spec: dict[str, Any], base_dir: Path | None = None, where: str = 
                      target=str(spec.get("target") or "LGE"), profile=profile, splits=splits, runs=runs)
 
 
+#: ``udavae evaluate --split`` names that are not dataset splits.
+_SPECIAL_SPLITS = ("source-holdout",)
+
+
+def check_plan_data(plan: SweepPlan) -> None:
+    """Check what the runs will read, before the first one trains: the dataset, its source and target domains,
+    the target splits every run is evaluated on (with labels), and the presets.
+
+    Without this a typo'd split or a missing dataset is found only when each run has trained.
+
+    Raises:
+        UserError / DataError: naming the dataset and what is missing, with what is there.
+    """
+    from udavae.data.spec import DatasetSpec
+    from udavae.methods.presets import PRESETS
+
+    bad_presets = sorted({r.preset for r in plan.runs if r.preset not in PRESETS})
+    if bad_presets:
+        raise UserError(f"unknown preset(s) {bad_presets}; choose from {', '.join(PRESETS)}")
+    spec = DatasetSpec.load(plan.dataset)
+    if plan.source == plan.target:
+        raise UserError(f"source and target domains are both {plan.source!r}")
+    for role, domain in (("source", plan.source), ("target", plan.target)):
+        if domain not in spec.domains:
+            raise UserError(f"the {role} domain {domain!r} is not in the dataset {spec.root} "
+                            f"(domains: {', '.join(spec.domains) or 'none'})")
+    if not any(c.label for c in spec.cases(plan.source)):
+        raise UserError(f"the source domain {plan.source!r} of {spec.root} has no labelled case to train on")
+    have = spec.splits.get(plan.target, {})
+    missing = [s for s in plan.splits if s not in have and s not in _SPECIAL_SPLITS]
+    if missing:
+        raise UserError(f"evaluated split(s) {missing} are not splits of the target domain {plan.target!r} in "
+                        f"{spec.root} (splits: {', '.join([*have, *_SPECIAL_SPLITS])}); every run is evaluated on "
+                        "them after training")
+    unlabelled = [s for s in plan.splits if s in have and any(c.label is None for c in spec.split(plan.target, s))]
+    if unlabelled:
+        raise UserError(f"evaluated split(s) {unlabelled} of {plan.target!r} in {spec.root} hold cases without "
+                        "labels: they cannot be evaluated")
+
+
 def load_grid_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML grid file into a dict, with errors naming the file."""
     import yaml

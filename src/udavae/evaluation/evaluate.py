@@ -123,7 +123,7 @@ def _nan_to_none(obj: Any) -> Any:
 
 def format_table(results: dict[str, dict[str, Any]], structures: list[str], metric: str = "dice",
                  title: str = "") -> str:
-    """A table in the format of the UDA-VAE++ paper's tables: one row per method, Dice % per structure (mean +- std) and mean.
+    """A table in the UDA-VAE++ paper's format: one row per method, Dice % per structure (mean +- std) and mean.
 
     ``results`` maps a row name to a summary produced by :func:`summary_of`.
     """
