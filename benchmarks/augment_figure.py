@@ -41,17 +41,18 @@ def main() -> None:
     c = cfg.data.crop
     h, w = stack.images.shape[1:]
     y0, x0 = (h - c) // 2, (w - c) // 2
-    image = stack.images[args.slice, y0:y0 + c, x0:x0 + c].clone()
-    label = stack.labels[args.slice, y0:y0 + c, x0:x0 + c].clone()
+    image = stack.images[args.slice, y0 : y0 + c, x0 : x0 + c].clone()
+    label = stack.labels[args.slice, y0 : y0 + c, x0 : x0 + c].clone()
     torch.manual_seed(0)
     net = build_method(cfg, data.spec.labels.num_classes).net.train()
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in
-                                         ("spatial", "intensity", "SLAug GLA", "SLAug LLA", "SLAug fused", "GIN",
-                                          "IPA")}
+    rows: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("spatial", "intensity", "SLAug GLA", "SLAug LLA", "SLAug fused", "GIN", "IPA")
+    }
     outlines = []
     spatial = CropAugment(AugmentConfig(spatial=True, affine_prob=1.0, elastic_prob=0.5), source=True)
-    intensity = CropAugment(AugmentConfig(intensity=True, gamma_prob=0.5, bias_prob=0.5, noise_prob=0.5,
-                                          blur_prob=0.5), source=True)
+    intensity = CropAugment(
+        AugmentConfig(intensity=True, gamma_prob=0.5, bias_prob=0.5, noise_prob=0.5, blur_prob=0.5), source=True
+    )
     sl = CropAugment(AugmentConfig(slaug=True), source=True)
     stage = SourceAugmenter(AugmentConfig(slaug=True), 0)
     for seed in range(8):
@@ -63,8 +64,11 @@ def main() -> None:
         it = sl(image, label, np.random.default_rng(seed))
         rows["SLAug GLA"].append(it["image"][0].numpy())
         rows["SLAug LLA"].append(it["image_lla"][0].numpy())
-        batch = {"image": image_pyramid(it["image"][None]), "image_lla": image_pyramid(it["image_lla"][None]),
-                 "label": label_pyramid(label[None].long())}
+        batch = {
+            "image": image_pyramid(it["image"][None]),
+            "image_lla": image_pyramid(it["image_lla"][None]),
+            "label": label_pyramid(label[None].long()),
+        }
         rows["SLAug fused"].append(stage(batch, net, seed)["image"][0][0, 0].numpy())
         gen = torch.Generator().manual_seed(seed)
         gin, ipa = gin_views(image[None, None], gen)

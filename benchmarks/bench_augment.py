@@ -65,22 +65,32 @@ def main() -> None:
     rows = {}
     for preset in args.presets.split(","):
         rows[preset] = time_preset(preset, args.dataset, args.steps, args.warmup)
-        print(f"{preset:>16}: {rows[preset]['median_s']:.3f} s/step (min {rows[preset]['min_s']:.3f}, "
-              f"max {rows[preset]['max_s']:.3f})", flush=True)
+        print(
+            f"{preset:>16}: {rows[preset]['median_s']:.3f} s/step (min {rows[preset]['min_s']:.3f}, "
+            f"max {rows[preset]['max_s']:.3f})",
+            flush=True,
+        )
     base = rows.get("noadapt", {}).get("median_s")
     if base:
         for preset, r in rows.items():
             r["ratio_to_noadapt"] = r["median_s"] / base
             print(f"{preset:>16}: {r['ratio_to_noadapt']:.2f}x noadapt")
-    write_json(Path(args.json), {
-        "what": "seconds per training step (data pipeline + augmentation + the method's step), cpu profile, "
-                "MS-CMRSeg C0 -> LGE, batch 12, one process",
-        "command": "python benchmarks/bench_augment.py --presets " + args.presets + f" --steps {args.steps}",
-        "machine": {"cpu": cpu_description(), "threads": torch.get_num_threads(), "python": platform.python_version(),
-                    "torch": torch.__version__},
-        "dataset": repo_relative(args.dataset),
-        "presets": rows,
-    })
+    write_json(
+        Path(args.json),
+        {
+            "what": "seconds per training step (data pipeline + augmentation + the method's step), cpu profile, "
+            "MS-CMRSeg C0 -> LGE, batch 12, one process",
+            "command": "python benchmarks/bench_augment.py --presets " + args.presets + f" --steps {args.steps}",
+            "machine": {
+                "cpu": cpu_description(),
+                "threads": torch.get_num_threads(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+            },
+            "dataset": repo_relative(args.dataset),
+            "presets": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ def main() -> None:
         assert s["label"][2].shape[-1] == 40 and t["image"][2].shape[-1] == 40
     per_batch_ms = 1000 * (time.perf_counter() - t0) / args.batches
     res = {
-        "volumes": n_vol, "slices_source": len(s_ds), "slices_target": len(t_ds),
+        "volumes": n_vol,
+        "slices_source": len(s_ds),
+        "slices_target": len(t_ds),
         "load_all_volumes_s": round(load_s, 3),
         "batch": f"{args.batch_size} source + {args.batch_size} target crops 160x160 + 1/2, 1/4 pyramids",
         "ms_per_batch": round(per_batch_ms, 3),

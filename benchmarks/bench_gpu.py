@@ -57,15 +57,21 @@ VARIANTS: dict[str, dict[str, str]] = {
     "bf16-channels-last": {**BF16, "runtime.channels_last": "true"},
     "bf16-compile": {**BF16, "runtime.compile": "true"},
     "bf16-graphs": {**BF16, "runtime.compile": "true", "runtime.compile_mode": "reduce-overhead"},
-    "bf16-channels-last-graphs": {**BF16, "runtime.channels_last": "true", "runtime.compile": "true",
-                                  "runtime.compile_mode": "reduce-overhead"},
+    "bf16-channels-last-graphs": {
+        **BF16,
+        "runtime.channels_last": "true",
+        "runtime.compile": "true",
+        "runtime.compile_mode": "reduce-overhead",
+    },
     "bf16-autotune": {**BF16, "runtime.compile": "true", "runtime.compile_mode": "max-autotune"},
     "fp32-loader": {"loader": "1"},
     "bf16-loader": {**BF16, "loader": "1"},
 }
-DEFAULT_VARIANTS = ("fp32,fp32-no-cudnn-benchmark,fp32-unfused-adam,fp32-channels-last,fp32-graphs,bf16,"
-                    "bf16-no-cudnn-benchmark,bf16-unfused-adam,bf16-channels-last,bf16-compile,bf16-graphs,"
-                    "bf16-channels-last-graphs,fp32-loader,bf16-loader")
+DEFAULT_VARIANTS = (
+    "fp32,fp32-no-cudnn-benchmark,fp32-unfused-adam,fp32-channels-last,fp32-graphs,bf16,"
+    "bf16-no-cudnn-benchmark,bf16-unfused-adam,bf16-channels-last,bf16-compile,bf16-graphs,"
+    "bf16-channels-last-graphs,fp32-loader,bf16-loader"
+)
 DEFAULT_REFERENCE = REPO / ".gpu" / "reference" / "ref_step.py"
 
 
@@ -109,8 +115,9 @@ def measured_peaks(device: torch.device) -> dict[str, float]:
             out[f"matmul_{tag}_tflops"] = _sig(_best_tflops(lambda a=a, m=m: a @ m, 2 * n**3, device))
             x = torch.randn(b, c, s, s, device=device, dtype=dtype)
             conv = torch.nn.Conv2d(c, c, 3, padding=1).to(device, dtype)
-            out[f"conv3x3_{tag}_tflops"] = _sig(_best_tflops(lambda x=x, conv=conv: conv(x),
-                                                             2 * b * c * c * 9 * s * s, device))
+            out[f"conv3x3_{tag}_tflops"] = _sig(
+                _best_tflops(lambda x=x, conv=conv: conv(x), 2 * b * c * c * 9 * s * s, device)
+            )
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     return out
@@ -124,15 +131,17 @@ def _loader_batches(cfg, device: torch.device, labelled: bool):
     labels = torch.randint(0, 4, (n, size, size), generator=g, dtype=torch.uint8) if labelled else None
     stack = SliceStack(torch.rand(n, size, size, generator=g), labels, torch.zeros(n, dtype=torch.int64))
     ds = SliceCropDataset(stack, cfg.data.crop, cfg.data.jitter, seed=3 if labelled else 4)
-    it = make_loader(ds, cfg.optim.batch_size, 0, loader_workers(cfg.data.num_workers, device),
-                     pin_memory=device.type == "cuda")
+    it = make_loader(
+        ds, cfg.optim.batch_size, 0, loader_workers(cfg.data.num_workers, device), pin_memory=device.type == "cuda"
+    )
     cl = cfg.runtime.channels_last
     while True:
         yield batch_to_device(next(it), device, cl)
 
 
-def one_run(preset: str, profile: str, variant: str, device_name: str, steps: int, warmup: int,
-            extra: dict[str, str]) -> dict:
+def one_run(
+    preset: str, profile: str, variant: str, device_name: str, steps: int, warmup: int, extra: dict[str, str]
+) -> dict:
     """Time ``steps`` training steps after ``warmup`` steps in this process."""
     overrides = {**VARIANTS[variant], **extra}
     use_loader = overrides.pop("loader", "0") == "1"
@@ -151,15 +160,18 @@ def one_run(preset: str, profile: str, variant: str, device_name: str, steps: in
     if use_loader:
         src_it, tgt_it = _loader_batches(cfg, device, True), _loader_batches(cfg, device, False)
     else:
-        fixed = (batch_to_device(synthetic_batch(b, crop, 4, "cpu"), device, cl),
-                 batch_to_device(synthetic_batch(b, crop, 4, "cpu", labelled=False), device, cl))
+        fixed = (
+            batch_to_device(synthetic_batch(b, crop, 4, "cpu"), device, cl),
+            batch_to_device(synthetic_batch(b, crop, 4, "cpu", labelled=False), device, cl),
+        )
         src_it, tgt_it = iter(lambda: fixed[0], None), iter(lambda: fixed[1], None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> torch.Tensor:
-        losses = optimisation_step(method, opts, next(src_it), next(tgt_it), device, cfg.runtime.amp, graphs,
-                                   forward=model)
+        losses = optimisation_step(
+            method, opts, next(src_it), next(tgt_it), device, cfg.runtime.amp, graphs, forward=model
+        )
         return losses["total"].detach().clone()
 
     t = time.perf_counter()
@@ -174,23 +186,48 @@ def one_run(preset: str, profile: str, variant: str, device_name: str, steps: in
     _sync(device)
     s_step = (time.perf_counter() - t) / steps
     cx = measure(cfg, 4)
-    mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    mem = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {
-        "variant": variant, "overrides": VARIANTS[variant], "preset": preset, "profile": profile,
-        "batch": b, "crop": crop, "steps_timed": steps, "warmup": warmup,
-        "s_per_step": round(s_step, 5), "images_per_s": round(2 * b / s_step, 1),
-        "first_step_s": round(first, 2), "step_tflop": round(cx.step_flops / 1e12, 4),
+        "variant": variant,
+        "overrides": VARIANTS[variant],
+        "preset": preset,
+        "profile": profile,
+        "batch": b,
+        "crop": crop,
+        "steps_timed": steps,
+        "warmup": warmup,
+        "s_per_step": round(s_step, 5),
+        "images_per_s": round(2 * b / s_step, 1),
+        "first_step_s": round(first, 2),
+        "step_tflop": round(cx.step_flops / 1e12, 4),
         "achieved_tflops": _sig(cx.step_flops / s_step / 1e12),
-        "peak_memory_gib": round(mem / 2**30, 2), "last_loss": float(totals[-1]),
+        "peak_memory_gib": round(mem / 2**30, 2),
+        "last_loss": float(totals[-1]),
         "loss_finite": bool(torch.isfinite(torch.stack(totals)).all()),
     }
 
 
 def reference_step(script: Path, device: str, batch: int, steps: int, warmup: int, amp: str) -> dict:
     """The authors' step through their harness (one JSON line on stdout), or the reason it did not run."""
-    cmd = [sys.executable, str(script), "--device", device, "--batch", str(batch), "--steps", str(steps),
-           "--warmup", str(warmup), "--amp", amp, "--quiet"]
+    cmd = [
+        sys.executable,
+        str(script),
+        "--device",
+        device,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+        "--warmup",
+        str(warmup),
+        "--amp",
+        amp,
+        "--quiet",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         return {"amp": amp, "error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -208,10 +245,13 @@ def _print_row(res: dict, peaks: dict[str, float]) -> None:
     conv_peak = peaks[f"conv3x3_{tag}_tflops"]
     res["share_of_conv_peak"] = _sig(res["achieved_tflops"] / conv_peak, 3) if conv_peak else None
     res["peak_compared_with"] = f"conv3x3_{tag}"
-    print(f"{res['variant']:<28} {res['s_per_step']:8.4f} s/step {res['images_per_s']:8.1f} images/s "
-          f"{res['achieved_tflops']:7.3g} TFLOP/s ({100 * (res['share_of_conv_peak'] or 0):4.1f}% of {tag} conv peak)"
-          f"  first step {res['first_step_s']:6.1f} s  peak mem {res['peak_memory_gib']:.2f} GiB"
-          + ("" if res["loss_finite"] else "  LOSS NOT FINITE"), flush=True)
+    print(
+        f"{res['variant']:<28} {res['s_per_step']:8.4f} s/step {res['images_per_s']:8.1f} images/s "
+        f"{res['achieved_tflops']:7.3g} TFLOP/s ({100 * (res['share_of_conv_peak'] or 0):4.1f}% of {tag} conv peak)"
+        f"  first step {res['first_step_s']:6.1f} s  peak mem {res['peak_memory_gib']:.2f} GiB"
+        + ("" if res["loss_finite"] else "  LOSS NOT FINITE"),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -222,8 +262,11 @@ def main() -> None:
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from: {', '.join(VARIANTS)}")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per variant (default 20)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first, the first one timed alone")
-    ap.add_argument("--reference", default=str(DEFAULT_REFERENCE),
-                    help="the authors' step harness ref_step.py ('' to skip); default .gpu/reference/ref_step.py")
+    ap.add_argument(
+        "--reference",
+        default=str(DEFAULT_REFERENCE),
+        help="the authors' step harness ref_step.py ('' to skip); default .gpu/reference/ref_step.py",
+    )
     ap.add_argument("--json", help="results file (default benchmarks/results/gpu_<gpu name>.json)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant in this process
     ap.add_argument("overrides", nargs="*", help="config key=value overrides added to every variant")
@@ -244,15 +287,41 @@ def main() -> None:
     print(f"{name}: measured peaks (TFLOP/s): " + ", ".join(f"{k[:-7]} {v}" for k, v in peaks.items()), flush=True)
     cfg = build_config(args.preset, args.profile, {"runtime.device": args.device, **extra})
     results = {
-        "gpu": name, "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "command": " ".join(["python", *map(repo_relative, sys.argv)]), "measured_peak_tflops": peaks,
-        "preset": args.preset, "profile": args.profile, "batch": cfg.optim.batch_size, "crop": cfg.data.crop,
-        "training": [], "reference": [],
+        "gpu": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "command": " ".join(["python", *map(repo_relative, sys.argv)]),
+        "measured_peak_tflops": peaks,
+        "preset": args.preset,
+        "profile": args.profile,
+        "batch": cfg.optim.batch_size,
+        "crop": cfg.data.crop,
+        "training": [],
+        "reference": [],
     }
     for variant in variants:
-        r = subprocess.run([sys.executable, __file__, "--one", variant, "--device", args.device, "--preset",
-                            args.preset, "--profile", args.profile, "--steps", str(args.steps), "--warmup",
-                            str(args.warmup), *args.overrides], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                variant,
+                "--device",
+                args.device,
+                "--preset",
+                args.preset,
+                "--profile",
+                args.profile,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                *args.overrides,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             err = (r.stderr.strip().splitlines() or ["failed"])[-1]
             print(f"{variant:<28} FAILED: {err}", flush=True)
@@ -269,8 +338,11 @@ def main() -> None:
             if "error" in ref:
                 print(f"authors' step ({amp}): FAILED: {ref['error']}", flush=True)
             else:
-                print(f"authors' step ({amp}): {ref['median_s_per_step']:.4f} s/step {ref['images_per_s']:.1f} "
-                      f"images/s, peak mem {ref['peak_mem_gib'] or 0:.2f} GiB", flush=True)
+                print(
+                    f"authors' step ({amp}): {ref['median_s_per_step']:.4f} s/step {ref['images_per_s']:.1f} "
+                    f"images/s, peak mem {ref['peak_mem_gib'] or 0:.2f} GiB",
+                    flush=True,
+                )
     elif script is not None:
         print(f"authors' step skipped: {script} not found (copy ../shared/device/reference there)", flush=True)
     out = Path(args.json) if args.json else REPO / "benchmarks" / "results" / f"gpu_{_slug(name)}.json"

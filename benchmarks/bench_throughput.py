@@ -54,8 +54,10 @@ VARIANTS: dict[str, tuple[dict[str, str], bool]] = {
     "head-bf16": ({**HEAD, "runtime.amp": "bf16"}, True),
     "head-bf16-compile": ({**HEAD, "runtime.amp": "bf16", "runtime.compile": "true"}, True),
 }
-DEFAULT_RUNS = ("paper:fp32,paper:fp32-glibc,paper:bf16,paper:bf16-cl,paper:bf16-compile,paper:head-fp32,"
-                "paper:head-bf16,cpu:fp32,cpu:bf16,cpu:bf16-compile")
+DEFAULT_RUNS = (
+    "paper:fp32,paper:fp32-glibc,paper:bf16,paper:bf16-cl,paper:bf16-compile,paper:head-fp32,"
+    "paper:head-bf16,cpu:fp32,cpu:bf16,cpu:bf16-compile"
+)
 #: The authors' code on this machine type, as reported in issue 5 (images/s, batch 12 + 12, 160x160).
 AUTHORS_IMAGES_PER_S = {"as_found": 0.8, "with_malloc_tunables": 1.36}
 
@@ -117,10 +119,17 @@ def one_run(preset: str, profile: str, variant: str, steps: int, extra: dict[str
     images = b * (2 if tgt is not None else 1)
     cx = measure(cfg, 4)
     return {
-        "preset": preset, "profile": profile, "variant": variant, "overrides": overrides,
+        "preset": preset,
+        "profile": profile,
+        "variant": variant,
+        "overrides": overrides,
         "malloc_tunables": all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()),
-        "batch": b, "crop": crop, "base_width": cfg.model.base_width, "steps_timed": steps,
-        "s_per_step": round(s_step, 3), "first_step_s": round(times[0], 1),
+        "batch": b,
+        "crop": crop,
+        "base_width": cfg.model.base_width,
+        "steps_timed": steps,
+        "s_per_step": round(s_step, 3),
+        "first_step_s": round(times[0], 1),
         "images_per_s": round(images / s_step, 3),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "step_tflop": round(cx.step_flops / 1e12, 4),
@@ -151,8 +160,13 @@ def inference_and_metrics(profile: str, amp: str) -> dict:
     out = np.roll(gt, 3, axis=0)
     t = time.perf_counter()
     multiclass_metrics(out, gt, (0.76, 0.76, 5.0), {1: "MYO", 2: "LV", 3: "RV"})
-    return {"profile": profile, "amp": amp, "inference_s_per_lge_volume": round(infer_s, 3),
-            "volume": "192x192x15", "metrics_s_per_patient": round(time.perf_counter() - t, 4)}
+    return {
+        "profile": profile,
+        "amp": amp,
+        "inference_s_per_lge_volume": round(infer_s, 3),
+        "volume": "192x192x15",
+        "metrics_s_per_patient": round(time.perf_counter() - t, 4),
+    }
 
 
 def _child_env(malloc: bool) -> dict[str, str]:
@@ -177,8 +191,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="udavae++")
     ap.add_argument("--runs", default=DEFAULT_RUNS, help=f"profile:variant,... (variants: {', '.join(VARIANTS)})")
-    ap.add_argument("--inference", default="paper:none,paper:bf16,cpu:none,cpu:bf16",
-                    help="profile:amp,... for the inference timing ('' to skip)")
+    ap.add_argument(
+        "--inference",
+        default="paper:none,paper:bf16,cpu:none,cpu:bf16",
+        help="profile:amp,... for the inference timing ('' to skip)",
+    )
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--json", help="write the results to this JSON file")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one profile:variant in this process
@@ -195,29 +212,57 @@ def main() -> None:
             raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     peak = peak_gflops()
     print("measured peaks (GFLOP/s): " + ", ".join(f"{k[:-7]} {v:.0f}" for k, v in peak.items()), flush=True)
-    results = {"hardware": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                            "torch": torch.__version__, "python": platform.python_version(),
-                            "bf16_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())},
-               "command": " ".join(["python", *map(repo_relative, sys.argv)]), "measured_peak_gflops": peak,
-               "authors_code_images_per_s": AUTHORS_IMAGES_PER_S, "training": [], "inference": []}
+    results = {
+        "hardware": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "bf16_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        },
+        "command": " ".join(["python", *map(repo_relative, sys.argv)]),
+        "measured_peak_gflops": peak,
+        "authors_code_images_per_s": AUTHORS_IMAGES_PER_S,
+        "training": [],
+        "inference": [],
+    }
     for prof, variant in runs:
         # a fresh process per run, so peak memory (and the allocator set-up) is that run's own
-        r = subprocess.run([sys.executable, __file__, "--one", f"{prof}:{variant}", "--preset", args.preset,
-                            "--steps", str(args.steps), *args.overrides], capture_output=True, text=True,
-                           env=_child_env(VARIANTS[variant][1]))
+        r = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                f"{prof}:{variant}",
+                "--preset",
+                args.preset,
+                "--steps",
+                str(args.steps),
+                *args.overrides,
+            ],
+            capture_output=True,
+            text=True,
+            env=_child_env(VARIANTS[variant][1]),
+        )
         if r.returncode:
             raise SystemExit(r.stderr)
         res = _with_fractions(json.loads(r.stdout.strip().splitlines()[-1]), peak)
         results["training"].append(res)
-        print(f"{prof:>6} {variant:<18}: {res['s_per_step']:6.2f} s/step, {res['images_per_s']:5.2f} images/s, "
-              f"{res['step_tflop']:.3f} TFLOP/step = {res['achieved_gflops']:.0f} GFLOP/s "
-              f"({100 * res['fraction_of_conv_peak']:.0f}% of the {res['peak_compared_with']} conv peak), "
-              f"first step {res['first_step_s']:.0f} s, peak RSS {res['peak_rss_gib']:.1f} GiB", flush=True)
+        print(
+            f"{prof:>6} {variant:<18}: {res['s_per_step']:6.2f} s/step, {res['images_per_s']:5.2f} images/s, "
+            f"{res['step_tflop']:.3f} TFLOP/step = {res['achieved_gflops']:.0f} GFLOP/s "
+            f"({100 * res['fraction_of_conv_peak']:.0f}% of the {res['peak_compared_with']} conv peak), "
+            f"first step {res['first_step_s']:.0f} s, peak RSS {res['peak_rss_gib']:.1f} GiB",
+            flush=True,
+        )
     for item in [r.split(":") for r in args.inference.split(",") if r]:
         inf = inference_and_metrics(*item)
         results["inference"].append(inf)
-        print(f"{item[0]:>6} {item[1]:<5}: inference {inf['inference_s_per_lge_volume']:.2f} s per LGE volume, "
-              f"metrics {inf['metrics_s_per_patient']:.3f} s per patient", flush=True)
+        print(
+            f"{item[0]:>6} {item[1]:<5}: inference {inf['inference_s_per_lge_volume']:.2f} s per LGE volume, "
+            f"metrics {inf['metrics_s_per_patient']:.3f} s per patient",
+            flush=True,
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, results)

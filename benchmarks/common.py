@@ -34,5 +34,7 @@ def cpu_description() -> str:
     get = {k.strip(): v.strip() for k, v in fields.items()}.get
     flags = set((get("flags") or "").split())
     ext = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return (f"{get('model name') or platform.machine()} (family {get('cpu family')}, model {get('model')}), "
-            f"{'/'.join(ext) or 'no AVX2'}, {os.cpu_count()} cores")
+    return (
+        f"{get('model name') or platform.machine()} (family {get('cpu family')}, model {get('model')}), "
+        f"{'/'.join(ext) or 'no AVX2'}, {os.cpu_count()} cores"
+    )

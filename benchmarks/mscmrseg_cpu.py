@@ -26,14 +26,22 @@ from common import cpu_description, repo_relative
 HERE = Path(__file__).resolve().parent
 #: direction -> (source, target, run folder under --work, protocol recorded in the JSON).
 DIRECTIONS = {
-    "c0-lge": ("C0", "LGE", "runs",
-               "source: 35 C0 volumes (labelled); target training pool: all 45 LGE images, labels unused "
-               "(transductive, as the published code); model selection: mean validation Dice on LGE patients 1-5; "
-               "reported: LGE patients 6-45"),
-    "lge-c0": ("LGE", "C0", "runs_lge_to_c0",
-               "source: all 45 LGE volumes (labelled); target training pool: all 35 C0 images, labels unused "
-               "(transductive); model selection: mean validation Dice on C0 patients 1-5; reported: C0 patients "
-               "6-35"),
+    "c0-lge": (
+        "C0",
+        "LGE",
+        "runs",
+        "source: 35 C0 volumes (labelled); target training pool: all 45 LGE images, labels unused "
+        "(transductive, as the published code); model selection: mean validation Dice on LGE patients 1-5; "
+        "reported: LGE patients 6-45",
+    ),
+    "lge-c0": (
+        "LGE",
+        "C0",
+        "runs_lge_to_c0",
+        "source: all 45 LGE volumes (labelled); target training pool: all 35 C0 images, labels unused "
+        "(transductive); model selection: mean validation Dice on C0 patients 1-5; reported: C0 patients "
+        "6-35",
+    ),
 }
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "mscmrseg" / "Patch192"
 
@@ -43,9 +51,13 @@ def _summary(s: dict) -> dict:
     out = {}
     for name, m in s["structures"].items():
         out[name] = {
-            "dice_mean": 100 * m["dice"]["mean"], "dice_std": 100 * m["dice"]["std"],
-            "assd_mean": m["assd"]["mean"], "assd_std": m["assd"]["std"], "assd_missing": m["assd"]["n_missing"],
-            "hd95_mean": m["hd95"]["mean"], "hd_mean": m["hd"]["mean"],
+            "dice_mean": 100 * m["dice"]["mean"],
+            "dice_std": 100 * m["dice"]["std"],
+            "assd_mean": m["assd"]["mean"],
+            "assd_std": m["assd"]["std"],
+            "assd_missing": m["assd"]["n_missing"],
+            "hd95_mean": m["hd95"]["mean"],
+            "hd_mean": m["hd"]["mean"],
         }
     out["mean_dice"] = 100 * s["mean_dice"]
     return out
@@ -67,14 +79,22 @@ def main() -> None:
     ap.add_argument("--methods", default="noadapt,uda-vae,udavae++")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--work", default=str(HERE / "work"))
-    ap.add_argument("--direction", choices=list(DIRECTIONS), default="c0-lge",
-                    help="c0-lge: bSSFP -> LGE (the deck's Table 2); lge-c0: LGE -> bSSFP (Table 1)")
+    ap.add_argument(
+        "--direction",
+        choices=list(DIRECTIONS),
+        default="c0-lge",
+        help="c0-lge: bSSFP -> LGE (the deck's Table 2); lge-c0: LGE -> bSSFP (Table 1)",
+    )
     ap.add_argument("--json", help="results file (default benchmarks/results/mscmrseg_<src>_to_<tgt>_cpu.json)")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--tag", default="", help="suffix of the result key and run folder, e.g. 'bf16' records "
-                    "'udavae++@bf16' beside 'udavae++' (for a variant run with different overrides)")
+    ap.add_argument(
+        "--tag",
+        default="",
+        help="suffix of the result key and run folder, e.g. 'bf16' records "
+        "'udavae++@bf16' beside 'udavae++' (for a variant run with different overrides)",
+    )
     ap.add_argument("overrides", nargs="*", help="config key=value overrides, applied to every method")
     args = ap.parse_args()
 
@@ -94,16 +114,37 @@ def main() -> None:
     out_json = Path(args.json or HERE / "results" / f"mscmrseg_{source.lower()}_to_{target.lower()}_cpu.json")
     results = json.loads(out_json.read_text()) if out_json.is_file() else {"methods": {}}
     results["direction"] = f"{source} -> {target}"
-    results["protocol"] = (f"{protocol}; metrics per patient on the 3-D volume at native resolution; 'test' = raw "
-                           "masks, 'test_postprocessed' = with the largest-component post-processing decided on "
-                           "the validation patients")
+    results["protocol"] = (
+        f"{protocol}; metrics per patient on the 3-D volume at native resolution; 'test' = raw "
+        "masks, 'test_postprocessed' = with the largest-component post-processing decided on "
+        "the validation patients"
+    )
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         key = f"{method}@{args.tag}" if args.tag else method
         run = work / runs / key
-        cmd = [sys.executable, "-m", "udavae", "train", "--dataset", str(dataset), "--source", source,
-               "--target", target, "--preset", method,
-               "--profile", args.profile, "--out", str(run), "--device", args.device, "--seed", str(args.seed),
-               *args.overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "udavae",
+            "train",
+            "--dataset",
+            str(dataset),
+            "--source",
+            source,
+            "--target",
+            target,
+            "--preset",
+            method,
+            "--profile",
+            args.profile,
+            "--out",
+            str(run),
+            "--device",
+            args.device,
+            "--seed",
+            str(args.seed),
+            *args.overrides,
+        ]
         if (run / "checkpoints" / "last.pt").is_file():
             cmd.append("--resume")
         print("$", " ".join(cmd), flush=True)
@@ -121,11 +162,17 @@ def main() -> None:
         config = state["config"]
         config["data"]["dataset"] = repo_relative(config["data"]["dataset"])
         results["methods"][key] = {
-            "test": test_raw, "test_postprocessed": test_post, "val": _raw_and_post(best_val)[0],
+            "test": test_raw,
+            "test_postprocessed": test_post,
+            "val": _raw_and_post(best_val)[0],
             "test_last_epoch": _raw_and_post(last_test)[0],
-            "selected_epoch": state["best_epoch"], "epochs": state["epoch"],
-            "training_wall_time_s": round(train_time, 1), "wall_time_this_call_s": round(time.time() - t0, 1),
-            "seed": args.seed, "profile": args.profile, "config": config,
+            "selected_epoch": state["best_epoch"],
+            "epochs": state["epoch"],
+            "training_wall_time_s": round(train_time, 1),
+            "wall_time_this_call_s": round(time.time() - t0, 1),
+            "seed": args.seed,
+            "profile": args.profile,
+            "config": config,
             "command": " ".join(["udavae", *(repo_relative(c) for c in cmd[3:])]),
             "hardware": f"{cpu_description()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__,
@@ -133,9 +180,12 @@ def main() -> None:
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(results, indent=2) + "\n")
         r = results["methods"][key]
-        print(f"{key}: test Dice MYO/LV/RV " + " / ".join(f"{r['test'][s]['dice_mean']:.2f}"
-                                                            for s in ("MYO", "LV", "RV"))
-              + f" (selected epoch {r['selected_epoch']}, {train_time / 60:.1f} min)", flush=True)
+        print(
+            f"{key}: test Dice MYO/LV/RV "
+            + " / ".join(f"{r['test'][s]['dice_mean']:.2f}" for s in ("MYO", "LV", "RV"))
+            + f" (selected epoch {r['selected_epoch']}, {train_time / 60:.1f} min)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,10 @@ def main() -> None:
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
-    print(f"profiled step: {total / 1e6:.2f} s of operator time, convolutions {conv / 1e6:.2f} s, "
-          f"the rest {(total - conv) / 1e6:.2f} s")
+    print(
+        f"profiled step: {total / 1e6:.2f} s of operator time, convolutions {conv / 1e6:.2f} s, "
+        f"the rest {(total - conv) / 1e6:.2f} s"
+    )
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
 
 

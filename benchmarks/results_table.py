@@ -1,7 +1,7 @@
 """Print the MS-CMRSeg CPU results as a markdown table in the deck's format, beside the deck's numbers.
 
-    python benchmarks/results_table.py [benchmarks/results/mscmrseg_c0_to_lge_cpu.json]
-    python benchmarks/results_table.py benchmarks/results/mscmrseg_lge_to_c0_cpu.json
+python benchmarks/results_table.py [benchmarks/results/mscmrseg_c0_to_lge_cpu.json]
+python benchmarks/results_table.py benchmarks/results/mscmrseg_lge_to_c0_cpu.json
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def main() -> None:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "mscmrseg_c0_to_lge_cpu.json")
     data = json.loads(path.read_text())
     res, deck = data["methods"], DECK[data.get("direction", "C0 -> LGE")]
-    print("| method | seed | test MYO | test LV | test RV | test mean | val MYO | val LV | val RV "
-          "| ASSD MYO/LV/RV (mm) | selected epoch | train time | deck test MYO/LV/RV |")
+    print(
+        "| method | seed | test MYO | test LV | test RV | test mean | val MYO | val LV | val RV "
+        "| ASSD MYO/LV/RV (mm) | selected epoch | train time | deck test MYO/LV/RV |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = ("noadapt", "pnp-adanet", "cfdnet", "sifa", "uda-vae", "udavae++")
     # variant runs are keyed 'method@tag' and listed after their method
@@ -62,8 +64,11 @@ def postprocessing_table(res: dict) -> None:
     runs = [k for k in res if "test_postprocessed" in res[k]]
     if not runs:
         return
-    print("\n| run | post-processing (decided on the validation patients) | "
-          + " | ".join(f"{s} Dice / HD95 / HD raw -> post" for s in STRUCTS) + " | mean Dice raw -> post |")
+    print(
+        "\n| run | post-processing (decided on the validation patients) | "
+        + " | ".join(f"{s} Dice / HD95 / HD raw -> post" for s in STRUCTS)
+        + " | mean Dice raw -> post |"
+    )
     print("|---|---|" + "---|" * (len(STRUCTS) + 1))
     for name in runs:
         raw, post = res[name]["test"], res[name]["test_postprocessed"]

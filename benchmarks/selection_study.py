@@ -66,14 +66,21 @@ def study_run(run: Path, tta: bool, n_label_free: int, ema_every_epoch: bool) ->
     splits = {cid: name for name, ids in spec.splits.get(cfg.data.target, {}).items() for cid in ids}
     cases = load_cases(spec, tgt, prep, with_labels=True, desc="target")
     src_val = spec.splits.get(cfg.data.source, {}).get("val", [])
-    src_cases = load_cases(spec, [c for c in spec.cases(cfg.data.source) if c.id in src_val], prep, True,
-                           desc="source")
+    src_cases = load_cases(spec, [c for c in spec.cases(cfg.data.source) if c.id in src_val], prep, True, desc="source")
     names = info.labels.class_names
     k = info.num_classes
     lf_set = label_free_set([c.id for c in cases], n_label_free, cfg.runtime.seed)
-    out = {"run": run.name, "preset": cfg.preset, "seed": cfg.runtime.seed, "epochs": cfg.optim.epochs,
-           "class_names": [names[i] for i in range(1, k)], "splits": splits, "tta": tta,
-           "label_free_set": lf_set, "checkpoints": []}
+    out = {
+        "run": run.name,
+        "preset": cfg.preset,
+        "seed": cfg.runtime.seed,
+        "epochs": cfg.optim.epochs,
+        "class_names": [names[i] for i in range(1, k)],
+        "splits": splits,
+        "tta": tta,
+        "label_free_set": lf_set,
+        "checkpoints": [],
+    }
     log = json.loads("[" + ",".join((run / "log.jsonl").read_text().splitlines()) + "]")
     out["log"] = [{key: r.get(key) for key in ("epoch", "val/dice_mean", "loss/total", "train_time_s")} for r in log]
     for epoch, variant, name in _checkpoints(run, cfg.optim.epochs, ema_every_epoch):
@@ -88,10 +95,18 @@ def study_run(run: Path, tta: bool, n_label_free: int, ema_every_epoch: bool) ->
             row.update({f"dice_{names[i + 1]}": float(d) for i, d in enumerate(dice)})
             row["split"] = splits.get(case.id, "")
             rows.append(row)
-        src_dice = [float(np.nanmean(dice_per_class(pred.predict(c.image, c.geometry).classes, c.native_label, k)))
-                    for c in src_cases]
-        out["checkpoints"].append({"epoch": epoch, "variant": variant, "cases": rows,
-                                   "source_dice": float(np.mean(src_dice)) if src_dice else None})
+        src_dice = [
+            float(np.nanmean(dice_per_class(pred.predict(c.image, c.geometry).classes, c.native_label, k)))
+            for c in src_cases
+        ]
+        out["checkpoints"].append(
+            {
+                "epoch": epoch,
+                "variant": variant,
+                "cases": rows,
+                "source_dice": float(np.mean(src_dice)) if src_dice else None,
+            }
+        )
         print(f"{run.name} {name}: {time.time() - t0:.0f}s", flush=True)
     return out
 

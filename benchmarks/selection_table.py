@@ -39,10 +39,19 @@ def epoch_table(run: dict) -> list[dict]:
         test = [_case_dice(c, names) for c in cases if c["split"] == "test"]
         val = [_case_dice(c, names) for c in cases if c["split"] == "val"]
         sub = [c for c in cases if c["case"] in lf]
-        row = {"epoch": ck["epoch"], "variant": ck["variant"], "test": 100 * float(np.mean(test)),
-               "val": 100 * float(np.mean(val)), "source": ck.get("source_dice")}
-        row.update({f"test_{n}": 100 * float(np.nanmean([c[f"dice_{n}"] for c in cases if c["split"] == "test"]))
-                    for n in names})
+        row = {
+            "epoch": ck["epoch"],
+            "variant": ck["variant"],
+            "test": 100 * float(np.mean(test)),
+            "val": 100 * float(np.mean(val)),
+            "source": ck.get("source_dice"),
+        }
+        row.update(
+            {
+                f"test_{n}": 100 * float(np.nanmean([c[f"dice_{n}"] for c in cases if c["split"] == "test"]))
+                for n in names
+            }
+        )
         for key in ("entropy", "agreement", "plausibility", "snd"):
             row[key] = float(np.nanmean([c[key] for c in sub]))
         row["label-free"] = (row["agreement"] + row["plausibility"]) / 2
@@ -53,9 +62,11 @@ def epoch_table(run: dict) -> list[dict]:
 def picks(epochs: list[dict], last: int) -> dict[str, dict]:
     """The epoch row each rule picks."""
     raw = [e for e in epochs if e["variant"] == "raw"]
-    chosen = {"val-dice": max(raw, key=lambda e: e["val"]),
-              "last": next(e for e in raw if e["epoch"] == last),
-              "test-oracle": max(raw, key=lambda e: e["test"])}
+    chosen = {
+        "val-dice": max(raw, key=lambda e: e["val"]),
+        "last": next(e for e in raw if e["epoch"] == last),
+        "test-oracle": max(raw, key=lambda e: e["test"]),
+    }
     ema = [e for e in epochs if e["variant"] == "ema" and e["epoch"] == last]
     if ema:
         chosen["ema"] = ema[0]
@@ -78,8 +89,10 @@ def case_qc(run: dict) -> dict:
 
     names = run["class_names"]
     last = max(ck["epoch"] for ck in run["checkpoints"])
-    ck = next((c for c in run["checkpoints"] if c["epoch"] == last and c["variant"] == "ema"),
-              next(c for c in run["checkpoints"] if c["epoch"] == last))
+    ck = next(
+        (c for c in run["checkpoints"] if c["epoch"] == last and c["variant"] == "ema"),
+        next(c for c in run["checkpoints"] if c["epoch"] == last),
+    )
     rows = qc_rows([c for c in ck["cases"] if c["split"] == "test"], names)
     dice = np.array([_case_dice(r, names) for r in rows])
     out = {"checkpoint": f"epoch {last} {ck['variant']}", "n_cases": len(rows)}
@@ -89,11 +102,18 @@ def case_qc(run: dict) -> dict:
         out[f"spearman_{key}"] = float(spearmanr(values[ok], dice[ok]).statistic) if ok.sum() > 2 else None
     worst = set(np.argsort(dice)[:10].tolist())
     flagged = {i for i, r in enumerate(rows) if r["doubtful"]}
-    out.update({"worst10_caught": len(worst & flagged), "n_doubtful": len(flagged),
-                "dice_doubtful": 100 * float(np.mean(dice[list(flagged)])) if flagged else None,
-                "dice_not_doubtful": 100 * float(np.mean(np.delete(dice, list(flagged)))) if flagged else None})
-    out["cases"] = [{"case": r["case"], "dice": float(d), **{k: r[k] for k in QC_SCORES}, "doubtful": r["doubtful"]}
-                    for r, d in zip(rows, dice)]
+    out.update(
+        {
+            "worst10_caught": len(worst & flagged),
+            "n_doubtful": len(flagged),
+            "dice_doubtful": 100 * float(np.mean(dice[list(flagged)])) if flagged else None,
+            "dice_not_doubtful": 100 * float(np.mean(np.delete(dice, list(flagged)))) if flagged else None,
+        }
+    )
+    out["cases"] = [
+        {"case": r["case"], "dice": float(d), **{k: r[k] for k in QC_SCORES}, "doubtful": r["doubtful"]}
+        for r, d in zip(rows, dice)
+    ]
     return out
 
 
@@ -111,12 +131,19 @@ def main() -> None:
         epochs = epoch_table(run)
         chosen = picks(epochs, run["epochs"])
         raw = [e for e in epochs if e["variant"] == "raw"]
-        corr = {k: float(spearmanr([e[k] for e in raw], [e["test"] for e in raw]).statistic)
-                for k in (*SCORES, "val") if all(np.isfinite(e[k]) for e in raw)}
-        summary["runs"][run["run"]] = {"preset": run["preset"], "seed": run["seed"], "epochs": epochs,
-                                       "picks": {r: {"epoch": e["epoch"], "variant": e["variant"], "test": e["test"]}
-                                                 for r, e in chosen.items()},
-                                       "spearman_over_epochs": corr, "case_qc": case_qc(run)}
+        corr = {
+            k: float(spearmanr([e[k] for e in raw], [e["test"] for e in raw]).statistic)
+            for k in (*SCORES, "val")
+            if all(np.isfinite(e[k]) for e in raw)
+        }
+        summary["runs"][run["run"]] = {
+            "preset": run["preset"],
+            "seed": run["seed"],
+            "epochs": epochs,
+            "picks": {r: {"epoch": e["epoch"], "variant": e["variant"], "test": e["test"]} for r, e in chosen.items()},
+            "spearman_over_epochs": corr,
+            "case_qc": case_qc(run),
+        }
     by_preset: dict[str, list[dict]] = {}
     for r in summary["runs"].values():
         by_preset.setdefault(r["preset"], []).append(r)
@@ -125,11 +152,14 @@ def main() -> None:
         cells = []
         for rule in RULE_ORDER:
             vals = [r["picks"][rule]["test"] for r in rs if rule in r["picks"]]
-            cells.append(f"{np.mean(vals):.1f} ± {np.std(vals):.1f}" if len(vals) > 1 else
-                         (f"{vals[0]:.1f}" if vals else "-"))
-            summary["groups"].setdefault(preset, {})[rule] = {"mean": float(np.mean(vals)) if vals else None,
-                                                              "std": float(np.std(vals)) if vals else None,
-                                                              "n": len(vals)}
+            cells.append(
+                f"{np.mean(vals):.1f} ± {np.std(vals):.1f}" if len(vals) > 1 else (f"{vals[0]:.1f}" if vals else "-")
+            )
+            summary["groups"].setdefault(preset, {})[rule] = {
+                "mean": float(np.mean(vals)) if vals else None,
+                "std": float(np.std(vals)) if vals else None,
+                "n": len(vals),
+            }
         lines.append(f"| {preset} | {len(rs)} | " + " | ".join(cells) + " |")
     pooled = {}
     all_raw = [(e, r) for r in summary["runs"].values() for e in r["epochs"] if e["variant"] == "raw"]
@@ -139,28 +169,57 @@ def main() -> None:
             pooled[k] = float(spearmanr(xs, [e["test"] for e, _ in all_raw]).statistic)
     summary["spearman_pooled_epochs_and_runs"] = pooled
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
-    md = ["Test Dice (%, mean over LGE 6-45 and MYO/LV/RV) of the checkpoint each rule picks; mean ± std over "
-          "seeds (population std).", "", *lines, "", "Spearman, over epochs within each run, of each score with "
-          "the test Dice:", "", "| run | " + " | ".join((*SCORES, "val")) + " |", "|---|" + "---|" * (len(SCORES) + 1)]
+    md = [
+        "Test Dice (%, mean over LGE 6-45 and MYO/LV/RV) of the checkpoint each rule picks; mean ± std over "
+        "seeds (population std).",
+        "",
+        *lines,
+        "",
+        "Spearman, over epochs within each run, of each score with the test Dice:",
+        "",
+        "| run | " + " | ".join((*SCORES, "val")) + " |",
+        "|---|" + "---|" * (len(SCORES) + 1),
+    ]
     for name, r in summary["runs"].items():
-        md.append(f"| {name} | " + " | ".join(f"{r['spearman_over_epochs'].get(k, float('nan')):.2f}"
-                                             for k in (*SCORES, "val")) + " |")
-    md += ["", "Pooled over every epoch of every run: " + ", ".join(f"{k} {v:.2f}" for k, v in pooled.items()), "",
-           "Per-case quality control at the last epoch's EMA weights (test cases): Spearman with the case Dice, and "
-           "the doubtful flag:", "", "| run | " + " | ".join(QC_SCORES) + " | doubtful | worst 10 caught |",
-           "|---|" + "---|" * (len(QC_SCORES) + 2)]
+        md.append(
+            f"| {name} | "
+            + " | ".join(f"{r['spearman_over_epochs'].get(k, float('nan')):.2f}" for k in (*SCORES, "val"))
+            + " |"
+        )
+    md += [
+        "",
+        "Pooled over every epoch of every run: " + ", ".join(f"{k} {v:.2f}" for k, v in pooled.items()),
+        "",
+        "Per-case quality control at the last epoch's EMA weights (test cases): Spearman with the case Dice, and "
+        "the doubtful flag:",
+        "",
+        "| run | " + " | ".join(QC_SCORES) + " | doubtful | worst 10 caught |",
+        "|---|" + "---|" * (len(QC_SCORES) + 2),
+    ]
     for name, r in summary["runs"].items():
         q = r["case_qc"]
-        md.append(f"| {name} | " + " | ".join(f"{q[f'spearman_{k}']:.2f}" if q[f"spearman_{k}"] is not None
-                                             else "-" for k in QC_SCORES)
-                  + f" | {q['n_doubtful']} of {q['n_cases']} | {q['worst10_caught']} |")
+        md.append(
+            f"| {name} | "
+            + " | ".join(f"{q[f'spearman_{k}']:.2f}" if q[f"spearman_{k}"] is not None else "-" for k in QC_SCORES)
+            + f" | {q['n_doubtful']} of {q['n_cases']} | {q['worst10_caught']} |"
+        )
     (folder / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     _figures(summary, Path(args.figures))
 
 
-RULE_ORDER = ("val-dice", "last", "ema", "entropy", "agreement", "plausibility", "snd", "label-free",
-              "source-dice (training cases)", "test-oracle")
+RULE_ORDER = (
+    "val-dice",
+    "last",
+    "ema",
+    "entropy",
+    "agreement",
+    "plausibility",
+    "snd",
+    "label-free",
+    "source-dice (training cases)",
+    "test-oracle",
+)
 
 
 def _figures(summary: dict, out: Path) -> None:

@@ -13,3 +13,41 @@ os.environ.setdefault("UDAVAE_NO_MALLOC_TUNING", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+#: Runs ``udavae`` with the trainer's step replaced by one that kills the process (exit 137, no cleanup, as
+#: ``kill -9`` would) once ``steps`` optimisation steps have run: the fault lives in the test, not in the trainer.
+_KILLED_AFTER = """
+import os, sys
+import udavae.engine.trainer as trainer
+steps, real, done = int(sys.argv[1]), trainer.optimisation_step, [0]
+def step(*args, **kwargs):
+    if done[0] >= steps:
+        os._exit(137)
+    done[0] += 1
+    return real(*args, **kwargs)
+trainer.optimisation_step = step
+from udavae.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="session")
+def udavae_killed_after():
+    """``run(steps, *args)``: ``udavae *args`` in a subprocess, hard-killed after ``steps`` training steps."""
+
+    def run(steps: int, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", _KILLED_AFTER, str(steps), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "UDAVAE_NO_MALLOC_TUNING": "1"},
+            timeout=600,
+        )
+
+    return run

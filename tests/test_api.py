@@ -16,9 +16,18 @@ import udavae
 from udavae.cli import main
 from udavae.data.synthetic import generate_dataset
 
-TINY = {"optim.epochs": 1, "optim.iters_per_epoch": 2, "optim.batch_size": 2, "model.base_width": 4,
-        "model.recon_width": 8, "data.crop": 48, "data.jitter": 4, "train.labelfree_cases": 1,
-        "runtime.device": "cpu", "data.num_workers": 0}
+TINY = {
+    "optim.epochs": 1,
+    "optim.iters_per_epoch": 2,
+    "optim.batch_size": 2,
+    "model.base_width": 4,
+    "model.recon_width": 8,
+    "data.crop": 48,
+    "data.jitter": 4,
+    "train.labelfree_cases": 1,
+    "runtime.device": "cpu",
+    "data.num_workers": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +86,10 @@ def test_evaluate_returns_the_summary(trained: tuple[udavae.Model, Path]) -> Non
 def test_the_documented_one_liner(trained: tuple[udavae.Model, Path]) -> None:
     _, root = trained
     run = str(root / "run")
-    code = (f"import numpy as np, udavae; m = udavae.load({run!r}); "
-            "print(m.predict(np.random.rand(64, 64, 3).astype('float32'), spacing=(1, 1, 5)).shape)")
+    code = (
+        f"import numpy as np, udavae; m = udavae.load({run!r}); "
+        "print(m.predict(np.random.rand(64, 64, 3).astype('float32'), spacing=(1, 1, 5)).shape)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "(64, 64, 3)"
@@ -87,15 +98,29 @@ def test_the_documented_one_liner(trained: tuple[udavae.Model, Path]) -> None:
 def test_config_does_not_depend_on_import_order() -> None:
     first = "from udavae.config import Config; import json; print(json.dumps(Config().to_dict()))"
     after = "import udavae.methods; " + first
-    outs = [subprocess.run([sys.executable, "-c", c], capture_output=True, text=True, timeout=120) for c in
-            (first, after)]
+    outs = [
+        subprocess.run([sys.executable, "-c", c], capture_output=True, text=True, timeout=120) for c in (first, after)
+    ]
     assert all(o.returncode == 0 for o in outs), [o.stderr for o in outs]
     assert outs[0].stdout == outs[1].stdout and '"mi_prior": true' in outs[0].stdout
 
 
 def test_a_key_the_method_does_not_use_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "--dataset", str(tmp_path), "--out", str(tmp_path / "r"), "--preset", "noadapt",
-                 "method.mi_prior=false"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "r"),
+                "--preset",
+                "noadapt",
+                "method.mi_prior=false",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "method.mi_prior is not an option of method 'noadapt'" in err and "method.weights.seg" in err
     assert not (tmp_path / "r").exists()

@@ -24,17 +24,20 @@ def test_generated_references_are_current() -> None:
 def test_index_links_every_page() -> None:
     index = (DOCS / "index.md").read_text(encoding="utf-8")
     linked = {(DOCS / m.group(1)).resolve() for m in LINK.finditer(index)}
-    missing = [p.relative_to(DOCS) for p in PAGES if p.name != "index.md" or p.parent != DOCS
-               if p.resolve() not in linked]
+    missing = [
+        p.relative_to(DOCS) for p in PAGES if p.name != "index.md" or p.parent != DOCS if p.resolve() not in linked
+    ]
     assert missing == []
 
 
 @pytest.mark.parametrize("page", [ROOT / "README.md", *PAGES], ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
-    broken = [m.group(1) for m in LINK.finditer(text)
-              if "://" not in m.group(1) and not m.group(1).startswith("mailto:")
-              and not (page.parent / m.group(1)).exists()]
+    broken = [
+        m.group(1)
+        for m in LINK.finditer(text)
+        if "://" not in m.group(1) and not m.group(1).startswith("mailto:") and not (page.parent / m.group(1)).exists()
+    ]
     assert broken == []
 
 

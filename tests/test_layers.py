@@ -17,8 +17,19 @@ import udavae
 
 PACKAGE = Path(udavae.__file__).parent
 #: Modules and packages below the engine.
-LOWER = ("config.py", "dotted.py", "errors.py", "fileio.py", "layout.py", "augment", "data", "models", "losses",
-         "methods", "evaluation")
+LOWER = (
+    "config.py",
+    "dotted.py",
+    "errors.py",
+    "fileio.py",
+    "layout.py",
+    "augment",
+    "data",
+    "models",
+    "losses",
+    "methods",
+    "evaluation",
+)
 
 
 def _module_name(path: Path, package_dir: Path) -> str:
@@ -46,8 +57,13 @@ def imported_modules(path: Path, package_dir: Path = PACKAGE) -> set[str]:
                 module = node.module or ""
             names.add(module)
             names.update(f"{module}.{alias.name}" for alias in node.names)  # ``from udavae import engine``
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr == "import_module" and node.args and isinstance(node.args[0], ast.Constant)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             names.add(str(node.args[0].value))  # importlib.import_module("udavae.engine...")
     return names
 
@@ -61,8 +77,12 @@ def _files(*where: str) -> list[Path]:
 
 
 def _hits(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
-    return [f"{f.relative_to(PACKAGE.parent)} imports {m}" for f in files for m in sorted(imported_modules(f))
-            if any(m == bad or m.startswith(bad + ".") for bad in forbidden)]
+    return [
+        f"{f.relative_to(PACKAGE.parent)} imports {m}"
+        for f in files
+        for m in sorted(imported_modules(f))
+        if any(m == bad or m.startswith(bad + ".") for bad in forbidden)
+    ]
 
 
 def test_the_parser_sees_every_kind_of_import(tmp_path: Path) -> None:
@@ -70,9 +90,12 @@ def test_the_parser_sees_every_kind_of_import(tmp_path: Path) -> None:
     pkg = tmp_path / "udavae" / "methods"
     pkg.mkdir(parents=True)
     f = pkg / "probe.py"
-    f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from udavae.cli import x\n"
-                 "def g():\n    import udavae.engine.trainer\n    from ..engine import runtime\n"
-                 "from udavae import engine\n", encoding="utf-8")
+    f.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from udavae.cli import x\n"
+        "def g():\n    import udavae.engine.trainer\n    from ..engine import runtime\n"
+        "from udavae import engine\n",
+        encoding="utf-8",
+    )
     names = imported_modules(f, tmp_path / "udavae")
     assert {"udavae.cli", "udavae.engine.trainer", "udavae.engine", "udavae.engine.runtime"} <= names
 
@@ -84,7 +107,8 @@ def test_lower_layers_import_neither_engine_nor_cli(layer: str) -> None:
 
 
 def test_only_the_cli_imports_the_cli() -> None:
-    outside = [f for f in PACKAGE.rglob("*.py") if "cli" not in f.relative_to(PACKAGE).parts
-               and f.name != "__main__.py"]  # ``python -m udavae`` is the CLI's entry point
+    outside = [
+        f for f in PACKAGE.rglob("*.py") if "cli" not in f.relative_to(PACKAGE).parts and f.name != "__main__.py"
+    ]  # ``python -m udavae`` is the CLI's entry point
     assert outside
     assert _hits(outside, ("udavae.cli",)) == []

@@ -75,17 +75,26 @@ class Model:
         self.label_codes: dict[str, int] = dict(trained.info.labels.codes)
 
     def __repr__(self) -> str:
-        return (f"udavae.Model({str(self.run)!r}, method={self.config.method.name!r}, checkpoint={self.checkpoint!r}, "
-                f"structures={self.structures})")
+        return (
+            f"udavae.Model({str(self.run)!r}, method={self.config.method.name!r}, checkpoint={self.checkpoint!r}, "
+            f"structures={self.structures})"
+        )
 
     @property
     def epoch(self) -> int | None:
         """The epoch the weights were saved after."""
         return self._trained.epoch
 
-    def predict(self, image: np.ndarray | str | Path, spacing: tuple[float, float, float] | None = None, *,
-                samples: int = 1, postprocess: bool = True, probabilities: bool = False,
-                scores: bool = False) -> Prediction:
+    def predict(
+        self,
+        image: np.ndarray | str | Path,
+        spacing: tuple[float, float, float] | None = None,
+        *,
+        samples: int = 1,
+        postprocess: bool = True,
+        probabilities: bool = False,
+        scores: bool = False,
+    ) -> Prediction:
         """Segment one volume.
 
         Args:
@@ -115,11 +124,24 @@ class Model:
         qc = None
         if scores:
             qc = image_scores(predictor, "volume", slices, geom, spacing, info.labels.class_names).to_row()
-        return Prediction(classes, info.labels.to_codes(classes), native.numpy().astype(np.float32)
-                          if probabilities else None, unc, qc)
+        return Prediction(
+            classes,
+            info.labels.to_codes(classes),
+            native.numpy().astype(np.float32) if probabilities else None,
+            unc,
+            qc,
+        )
 
-    def predict_folder(self, src: str | Path, out: str | Path, *, samples: int = 1, skip_bad: bool = False,
-                       postprocess: bool = True, qc: bool = True) -> Any:
+    def predict_folder(
+        self,
+        src: str | Path,
+        out: str | Path,
+        *,
+        samples: int = 1,
+        skip_bad: bool = False,
+        postprocess: bool = True,
+        qc: bool = True,
+    ) -> Any:
         """Segment a NIfTI file or folder into ``out`` (masks keep their scan's geometry; ``qc.csv`` worst first).
 
         Returns a :class:`udavae.engine.predict.PredictResult` (masks written, inputs skipped, qc rows).
@@ -128,8 +150,9 @@ class Model:
 
         return predict_folder(self._trained, src, out, samples, skip_bad, postprocess, qc)
 
-    def _read(self, image: np.ndarray | str | Path,
-              spacing: tuple[float, float, float] | None) -> tuple[np.ndarray, tuple[float, float, float]]:
+    def _read(
+        self, image: np.ndarray | str | Path, spacing: tuple[float, float, float] | None
+    ) -> tuple[np.ndarray, tuple[float, float, float]]:
         """The (x, y, z) float32 array and its spacing, checked."""
         if isinstance(image, (str, Path)):
             from udavae.data.nifti import load_volume
@@ -152,8 +175,9 @@ class Model:
         return data, sp  # type: ignore[return-value]
 
 
-def load(run: str | Path, checkpoint: str = "selected", device: str = "auto", batch_size: int = 16,
-         amp: str | None = None) -> Model:
+def load(
+    run: str | Path, checkpoint: str = "selected", device: str = "auto", batch_size: int = 16, amp: str | None = None
+) -> Model:
     """Load a trained model folder for inference.
 
     Args:
@@ -180,10 +204,20 @@ def train(config: Config, out: str | Path, resume: bool = False) -> Model:
     return Model(load(out, device=config.runtime.device)._trained, training=summary)
 
 
-def evaluate(run: str | Path | Model, split: str = "test", *, domain: str | None = None, dataset: str | None = None,
-             out: str | Path | None = None, checkpoint: str = "selected", device: str = "auto",
-             postprocess: bool = True, qc: bool = True, save_masks: bool = False,
-             verbose: bool = False) -> dict[str, Any]:
+def evaluate(
+    run: str | Path | Model,
+    split: str = "test",
+    *,
+    domain: str | None = None,
+    dataset: str | None = None,
+    out: str | Path | None = None,
+    checkpoint: str = "selected",
+    device: str = "auto",
+    postprocess: bool = True,
+    qc: bool = True,
+    save_masks: bool = False,
+    verbose: bool = False,
+) -> dict[str, Any]:
     """Evaluate a model on labelled cases at native resolution; returns the summary (``summary.json``).
 
     Dice, IoU, ASSD, HD95 and HD per structure (mean, std over cases); ``metrics.csv`` per case and, with ``qc``,
@@ -217,6 +251,16 @@ def evaluate(run: str | Path | Model, split: str = "test", *, domain: str | None
     def scores(case: Any) -> dict[str, Any]:
         return case_scores(trained.predictor, case, names).to_row()
 
-    summary, _ = evaluate_run(trained, split, domain, dataset, out, save_masks, verbose=verbose,
-                              postprocess=postprocess, qc=scores if qc else None, case_ids=case_ids)
+    summary, _ = evaluate_run(
+        trained,
+        split,
+        domain,
+        dataset,
+        out,
+        save_masks,
+        verbose=verbose,
+        postprocess=postprocess,
+        qc=scores if qc else None,
+        case_ids=case_ids,
+    )
     return summary

@@ -231,25 +231,41 @@ class AugmentConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` on a probability outside [0, 1] or an empty range."""
-        for name in ("affine_prob", "elastic_prob", "flip_prob", "gamma_prob", "bias_prob", "noise_prob",
-                     "blur_prob"):
+        for name in ("affine_prob", "elastic_prob", "flip_prob", "gamma_prob", "bias_prob", "noise_prob", "blur_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("gamma", "blur_sigma"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"augment.{name} must be (low, high) with 0 < low <= high, got {(lo, hi)}")
-        if self.slaug_points < 2 or self.slaug_grid < 1 or self.gin_layers < 1 or self.gin_channels < 1 \
-                or self.ipa_grid < 2:
-            raise ValueError("augment.slaug_points >= 2, slaug_grid >= 1, gin_layers >= 1, gin_channels >= 1 and "
-                             "ipa_grid >= 2 are required")
+        if (
+            self.slaug_points < 2
+            or self.slaug_grid < 1
+            or self.gin_layers < 1
+            or self.gin_channels < 1
+            or self.ipa_grid < 2
+        ):
+            raise ValueError(
+                "augment.slaug_points >= 2, slaug_grid >= 1, gin_layers >= 1, gin_channels >= 1 and "
+                "ipa_grid >= 2 are required"
+            )
         if self.slaug and self.gin:
             raise ValueError("augment.slaug and augment.gin both replace the source crops' intensities: choose one")
 
 
 #: Checkpoint-selection rules (``udavae.engine.selection`` defines each).
-SELECTIONS = ("auto", "val-dice", "source-dice", "entropy", "agreement", "plausibility", "snd", "label-free", "last",
-              "ema")
+SELECTIONS = (
+    "auto",
+    "val-dice",
+    "source-dice",
+    "entropy",
+    "agreement",
+    "plausibility",
+    "snd",
+    "label-free",
+    "last",
+    "ema",
+)
 
 
 @dataclass
@@ -397,9 +413,11 @@ class Config:
         _choice("model.wiring", m.wiring, WIRINGS)
         _choice("model.mean_head", m.mean_head, MEAN_HEADS)
         if type(me) is not method_options(me.kind):
-            raise ValueError(f"method options are {type(me).__name__}, not those of method.kind={me.kind!r} "
-                             f"({method_options(me.kind).__name__}): change the kind with a method.kind override "
-                             "(apply_overrides), which swaps the options")
+            raise ValueError(
+                f"method options are {type(me).__name__}, not those of method.kind={me.kind!r} "
+                f"({method_options(me.kind).__name__}): change the kind with a method.kind override "
+                "(apply_overrides), which swaps the options"
+            )
         _choice("data.target_pool", da.target_pool, TARGET_POOLS)
         _choice("runtime.amp", self.runtime.amp, AMP_MODES)
         if self.runtime.amp == "fp16":
@@ -530,16 +548,24 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], saved: bool = False)
         else:
             raise _unknown_key(key, cfg)
     if dropped:
-        warnings.warn(f"saved configuration: dropped {len(dropped)} key(s) that method kind {cfg.method.kind!r} "
-                      f"does not have ({', '.join(dropped)}); they had no effect", stacklevel=2)
+        warnings.warn(
+            f"saved configuration: dropped {len(dropped)} key(s) that method kind {cfg.method.kind!r} "
+            f"does not have ({', '.join(dropped)}); they had no effect",
+            stacklevel=2,
+        )
     return cfg
 
 
 def _foreign_key(key: str, cfg: Config) -> ValueError:
     """The error for a ``method.*`` key of another method kind: names the method and its valid keys."""
     own = [k for k in flatten(dataclasses.asdict(cfg.method), "method.") if k not in ("method.name", "method.kind")]
-    owners = [k for k, opts in _METHOD_OPTIONS.items()
-              if k != cfg.method.kind and key in flatten(dataclasses.asdict(opts()), "method.")]
-    return ValueError(f"{key} is not an option of method {cfg.method.name!r} (kind {cfg.method.kind!r}; it belongs "
-                      f"to {', '.join(owners)}): it would have no effect. Keys of {cfg.method.kind!r}: "
-                      f"{', '.join(own) or 'none'}")
+    owners = [
+        k
+        for k, opts in _METHOD_OPTIONS.items()
+        if k != cfg.method.kind and key in flatten(dataclasses.asdict(opts()), "method.")
+    ]
+    return ValueError(
+        f"{key} is not an option of method {cfg.method.name!r} (kind {cfg.method.kind!r}; it belongs "
+        f"to {', '.join(owners)}): it would have no effect. Keys of {cfg.method.kind!r}: "
+        f"{', '.join(own) or 'none'}"
+    )

@@ -26,8 +26,7 @@ from udavae.errors import UserError
 #: Names read from files (case ids, domain and split names) that udavae turns into file or folder names.
 SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_NAME_LENGTH = 128
-SAFE_NAME_RULE = (f"1-{MAX_NAME_LENGTH} letters, digits, '.', '_' or '-', starting with a letter or digit, "
-                  "without '..'")
+SAFE_NAME_RULE = f"1-{MAX_NAME_LENGTH} letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'"
 #: Temporary files of :func:`atomic_path`: ``.<stem>-<12 hex digits><suffixes>`` (see ``_create_temp_beside``).
 TEMP_RE = re.compile(r"^\.[^.]*-[0-9a-f]{12}\.[^/]+$")
 #: Write errors that mean "no room or no right to write here", reported as one line naming the file.
@@ -39,8 +38,12 @@ STALE_TEMP_AGE_S = 120.0
 
 def is_safe_name(name: object) -> bool:
     """Whether ``name`` may become a file or folder name: :data:`SAFE_NAME_RULE` (never a path, never ``..``)."""
-    return (isinstance(name, str) and len(name) <= MAX_NAME_LENGTH and SAFE_NAME_RE.match(name) is not None
-            and ".." not in name)
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME_LENGTH
+        and SAFE_NAME_RE.match(name) is not None
+        and ".." not in name
+    )
 
 
 def check_name(name: object, what: str) -> str:
@@ -214,8 +217,10 @@ class FolderLock:
                 os.close(fd)
                 holder = f"process {pid}" if pid.isdigit() else "another process"
                 stop = f" (kill {pid})" if pid.isdigit() else ""
-                raise UserError(f"{self.what} {self.folder} is in use by {holder}; wait for it to finish or "
-                                f"stop it{stop}, then try again") from None
+                raise UserError(
+                    f"{self.what} {self.folder} is in use by {holder}; wait for it to finish or "
+                    f"stop it{stop}, then try again"
+                ) from None
             try:  # the previous holder may have removed the file between our open and flock: lock a fresh one
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except FileNotFoundError:

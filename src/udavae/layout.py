@@ -17,8 +17,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CONFIG_FILE", "LOG_CSV", "LOG_JSONL", "MODEL_FILE", "POSTPROCESSING_FILE", "SELECTION_FILE",
-           "checkpoint_file", "eval_folder", "is_model_folder", "report_folder"]
+__all__ = [
+    "CONFIG_FILE",
+    "LOG_CSV",
+    "LOG_JSONL",
+    "MODEL_FILE",
+    "POSTPROCESSING_FILE",
+    "SELECTION_FILE",
+    "checkpoint_file",
+    "eval_folder",
+    "is_model_folder",
+    "report_folder",
+]
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.json"

@@ -41,8 +41,7 @@ def _phantom(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 def test_spatial_transforms_move_label_with_image(seed: int) -> None:
     """After a random affine + elastic deformation the label still marks the pixels of its own intensity."""
     image, label = _phantom()
-    aug = StandardAugment(AugmentConfig(spatial=True, affine_prob=1.0, elastic_prob=1.0, flip_prob=0.5,
-                                        rotate_deg=30))
+    aug = StandardAugment(AugmentConfig(spatial=True, affine_prob=1.0, elastic_prob=1.0, flip_prob=0.5, rotate_deg=30))
     out, lab = aug(image, label, seed)
     assert out.shape == image.shape and lab.shape == label.shape and lab.dtype == label.dtype
     assert set(lab.unique().tolist()) <= {0, 1, 2, 3}
@@ -162,9 +161,11 @@ def test_slaug_stage_fuses_views_and_leaves_weights_without_gradient() -> None:
     image, label = _phantom(32)
     crop = CropAugment(AugmentConfig(slaug=True), source=True)
     items = [crop(image, label, np.random.default_rng(s)) for s in range(2)]
-    batch = {"image": image_pyramid(torch.stack([i["image"] for i in items])),
-             "image_lla": image_pyramid(torch.stack([i["image_lla"] for i in items])),
-             "label": label_pyramid(torch.stack([i["label"] for i in items]))}
+    batch = {
+        "image": image_pyramid(torch.stack([i["image"] for i in items])),
+        "image_lla": image_pyramid(torch.stack([i["image_lla"] for i in items])),
+        "label": label_pyramid(torch.stack([i["label"] for i in items])),
+    }
     net = _Net()
     out = SourceAugmenter(AugmentConfig(slaug=True), 0)(batch, net, 0)
     fused, gla, lla = out["image"][0], batch["image"][0], batch["image_lla"][0]
@@ -177,8 +178,10 @@ def test_slaug_stage_fuses_views_and_leaves_weights_without_gradient() -> None:
 
 def test_gin_pairs_stack_two_views_with_labels_repeated() -> None:
     image, label = _phantom(32)
-    batch = {"image": image_pyramid(image[None, None].repeat(3, 1, 1, 1)),
-             "label": label_pyramid(label[None].repeat(3, 1, 1))}
+    batch = {
+        "image": image_pyramid(image[None, None].repeat(3, 1, 1, 1)),
+        "label": label_pyramid(label[None].repeat(3, 1, 1)),
+    }
     out = SourceAugmenter(AugmentConfig(gin=True), 0, pairs=True)(batch, _Net(), 5)
     assert out["image"][0].shape == (6, 1, 32, 32) and out["label"][0].shape == (6, 32, 32)
     assert torch.equal(out["label"][0][:3], out["label"][0][3:])

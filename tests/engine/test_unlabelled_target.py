@@ -16,9 +16,18 @@ from udavae.engine import model_folder as mf
 from udavae.engine.trainer import train
 from udavae.methods.presets import PRESETS, build_config
 
-TINY = {"optim.epochs": 2, "optim.iters_per_epoch": 2, "optim.batch_size": 2, "model.base_width": 4,
-        "model.recon_width": 8, "data.crop": 48, "data.jitter": 4, "train.labelfree_cases": 1,
-        "runtime.device": "cpu", "data.num_workers": 0}
+TINY = {
+    "optim.epochs": 2,
+    "optim.iters_per_epoch": 2,
+    "optim.batch_size": 2,
+    "model.base_width": 4,
+    "model.recon_width": 8,
+    "data.crop": 48,
+    "data.jitter": 4,
+    "train.labelfree_cases": 1,
+    "runtime.device": "cpu",
+    "data.num_workers": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +44,7 @@ def unlabelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_every_preset_trains_and_selects_without_target_labels(preset: str, unlabelled: Path,
-                                                               tmp_path: Path) -> None:
+def test_every_preset_trains_and_selects_without_target_labels(preset: str, unlabelled: Path, tmp_path: Path) -> None:
     cfg = build_config(preset, "tiny", {**TINY, "data.dataset": str(unlabelled)})
     fit = train(cfg, tmp_path / "run")
     assert fit["selection"] == "ema" and fit["checkpoint"] == "ema" and fit["best_epoch"] == 2
@@ -54,8 +62,9 @@ def run(unlabelled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_evaluate_on_held_out_source_and_predict_with_qc(run: Path, unlabelled: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_on_held_out_source_and_predict_with_qc(
+    run: Path, unlabelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["evaluate", str(run), "--split", "source-holdout", "--device", "cpu"]) == 0
     folder = run / "eval" / "C0_source-holdout_ema"
     summary = json.loads((folder / "summary.json").read_text())
@@ -63,8 +72,9 @@ def test_evaluate_on_held_out_source_and_predict_with_qc(run: Path, unlabelled: 
     assert summary["n_cases"] == len(held) == 1 and summary["checkpoint"] == "ema"
     qc = (folder / "qc.csv").read_text().splitlines()
     assert qc[0].startswith("case,") and "doubtful" in qc[0] and "dice_mean" in qc[0] and len(qc) == 2
-    assert main(["predict", str(run), str(unlabelled / "LGE" / "images"), str(tmp_path / "masks"),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["predict", str(run), str(unlabelled / "LGE" / "images"), str(tmp_path / "masks"), "--device", "cpu"]) == 0
+    )
     lines = (tmp_path / "masks" / "qc.csv").read_text().splitlines()
     assert len(lines) == 1 + 3 and "volume_LV_ml" in lines[0] and "reason" in lines[0]
     assert "quality control:" in capsys.readouterr().out

@@ -63,12 +63,15 @@ def test_plausibility_of_a_drawn_ring_and_a_broken_one() -> None:
     assert plausibility(vol_bad, ROLES) == (0.0, 3, 3)
 
 
-@pytest.mark.parametrize("defect, rule", [
-    ("two_lv", "LV in several pieces"),
-    ("lv_hole", "hole in the LV"),
-    ("rv_away", "RV does not touch the myocardium"),
-    ("no_myo", "LV without myocardium"),
-])
+@pytest.mark.parametrize(
+    "defect, rule",
+    [
+        ("two_lv", "LV in several pieces"),
+        ("lv_hole", "hole in the LV"),
+        ("rv_away", "RV does not touch the myocardium"),
+        ("no_myo", "LV without myocardium"),
+    ],
+)
 def test_each_rule_catches_its_defect(defect: str, rule: str) -> None:
     m = _heart()
     if defect == "two_lv":

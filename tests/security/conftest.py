@@ -15,9 +15,26 @@ from udavae.cli import main
 from udavae.data.synthetic import generate_dataset
 
 #: A tiny, fast training (a few seconds on one CPU core).
-TINY_TRAIN = ["--preset", "udavae++", "--profile", "tiny", "--device", "cpu", "--seed", "3",
-              "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2",
-              "model.base_width=4", "model.recon_width=8", "data.crop=48", "data.jitter=8"]
+TINY_TRAIN = [
+    "--preset",
+    "udavae++",
+    "--profile",
+    "tiny",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--epochs",
+    "1",
+    "--iters-per-epoch",
+    "2",
+    "--batch-size",
+    "2",
+    "model.base_width=4",
+    "model.recon_width=8",
+    "data.crop=48",
+    "data.jitter=8",
+]
 
 
 @pytest.fixture(scope="session")

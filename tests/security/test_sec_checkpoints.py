@@ -41,17 +41,30 @@ def test_crafted_checkpoint_would_run_code_when_loaded_unsafely(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate", "train --resume"])
-def test_crafted_checkpoint_runs_no_code_and_is_refused(trained: dict[str, Path], run_copy: Path, tmp_path: Path,
-                                                        tiny_train_args: list[str], capsys, command: str) -> None:
+def test_crafted_checkpoint_runs_no_code_and_is_refused(
+    trained: dict[str, Path], run_copy: Path, tmp_path: Path, tiny_train_args: list[str], capsys, command: str
+) -> None:
     marker = tmp_path / "PWNED"
     if command == "train --resume":
         ckpt = checkpoint_path(run_copy, "last")
-        argv = ["train", "--dataset", str(trained["data"]), "--out", str(run_copy), *tiny_train_args,
-                "--epochs", "2", "--resume"]
+        argv = [
+            "train",
+            "--dataset",
+            str(trained["data"]),
+            "--out",
+            str(run_copy),
+            *tiny_train_args,
+            "--epochs",
+            "2",
+            "--resume",
+        ]
     else:
         ckpt = checkpoint_path(run_copy, resolve_checkpoint(run_copy, "selected"))
-        argv = (["predict", str(run_copy), str(trained["images"]), str(tmp_path / "masks"), "--device", "cpu"]
-                if command == "predict" else ["evaluate", str(run_copy), "--device", "cpu", "--no-qc"])
+        argv = (
+            ["predict", str(run_copy), str(trained["images"]), str(tmp_path / "masks"), "--device", "cpu"]
+            if command == "predict"
+            else ["evaluate", str(run_copy), "--device", "cpu", "--no-qc"]
+        )
     _plant(ckpt, marker)
     capsys.readouterr()
     assert main(argv) == 2

@@ -47,17 +47,47 @@ def test_data_check_warns_naming_labels_beyond_the_crop(data_copy: Path, capsys)
 
 def test_import_warns_naming_labels_beyond_the_crop(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    assert main(["data", "import", "folder", str(trained["data"] / "C0"), str(out), "--domain", "C0",
-                 "--labels", LABELS, "--size", "16"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "import",
+                "folder",
+                str(trained["data"] / "C0"),
+                str(out),
+                "--domain",
+                "C0",
+                "--labels",
+                LABELS,
+                "--size",
+                "16",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"warning: {out / 'C0' / 'labels' / 'case002.nii.gz'}: 28.7% of the labelled voxels" in err
 
 
-def test_train_warns_naming_the_cut_cases(trained: dict[str, Path], tmp_path: Path, tiny_train_args: list[str],
-                                          capsys) -> None:
+def test_train_warns_naming_the_cut_cases(
+    trained: dict[str, Path], tmp_path: Path, tiny_train_args: list[str], capsys
+) -> None:
     # slices zoomed 2x (96 x 96) and cropped to 48 x 48: the hearts' edges are cut
-    assert main(["train", "--dataset", str(trained["data"]), "--out", str(tmp_path / "run"), *tiny_train_args,
-                 "data.zoom=2", "data.size=48"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(trained["data"]),
+                "--out",
+                str(tmp_path / "run"),
+                *tiny_train_args,
+                "data.zoom=2",
+                "data.size=48",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "warning: the labels of 2 C0 training case(s) reach beyond the 48x48 centre crop" in err
     assert "case001 (3.0%), case002 (1.3%)" in err
@@ -97,8 +127,9 @@ def test_nothing_changes_where_nothing_is_cut(trained: dict[str, Path], size: in
     assert torch.equal(whole, crop)
 
 
-def test_evaluate_masks_do_not_depend_on_the_training_crop(trained: dict[str, Path], run_copy: Path,
-                                                           tmp_path: Path) -> None:
+def test_evaluate_masks_do_not_depend_on_the_training_crop(
+    trained: dict[str, Path], run_copy: Path, tmp_path: Path
+) -> None:
     """The same weights with a 16 x 16 training size give the masks and metrics of the 48 x 48 size."""
     args = ["--device", "cpu", "--no-qc", "--save-masks", "--checkpoint", "last"]
     assert main(["evaluate", str(trained["run"]), "--out", str(tmp_path / "e48"), *args]) == 0

@@ -57,8 +57,10 @@ def test_import_refuses_absurd_spacing_and_writes_nothing(trained: dict[str, Pat
         for f in sorted((trained["data"] / "C0" / sub).iterdir()):
             _with_spacing(f, src / sub / f.name, (1e6, 1e6, 10.0) if f.name == "case001.nii.gz" else (1.25, 1.25, 10))
     out = tmp_path / "out"
-    assert main(["data", "import", "folder", str(src), str(out), "--domain", "C0", "--labels", LABELS,
-                 "--spacing", "1"]) == 2
+    assert (
+        main(["data", "import", "folder", str(src), str(out), "--domain", "C0", "--labels", LABELS, "--spacing", "1"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "case001.nii.gz" in err and "implausible voxel spacing (1e+06, 1e+06, 10)" in err
     assert not out.exists()
@@ -83,8 +85,9 @@ def test_dataset_declaring_an_absurd_size_fails_check(data_copy: Path, capsys) -
     assert "exceeds the limit" in capsys.readouterr().err
 
 
-def test_predict_refuses_zero_spacing_and_absurd_model_size(trained: dict[str, Path], run_copy: Path,
-                                                           tmp_path: Path, capsys) -> None:
+def test_predict_refuses_zero_spacing_and_absurd_model_size(
+    trained: dict[str, Path], run_copy: Path, tmp_path: Path, capsys
+) -> None:
     inp = _with_spacing(trained["images"] / "case001.nii.gz", tmp_path / "in" / "zero.nii.gz", (0.0, 1.25, 10.0))
     out = tmp_path / "out"
     assert main(["predict", str(run_copy), str(inp), str(out), "--device", "cpu"]) == 2
@@ -100,10 +103,10 @@ def test_predict_refuses_zero_spacing_and_absurd_model_size(trained: dict[str, P
     assert str(run_copy / "model.json") in err and "exceeds the limit" in err and len(err.strip().splitlines()) == 1
 
 
-def test_nan_learning_rate_is_refused_and_leaves_no_folder(trained: dict[str, Path], tmp_path: Path,
-                                                          tiny_train_args: list[str], capsys) -> None:
+def test_nan_learning_rate_is_refused_and_leaves_no_folder(
+    trained: dict[str, Path], tmp_path: Path, tiny_train_args: list[str], capsys
+) -> None:
     out = tmp_path / "run"
-    assert main(["train", "--dataset", str(trained["data"]), "--out", str(out), *tiny_train_args,
-                 "optim.lr=nan"]) == 2
+    assert main(["train", "--dataset", str(trained["data"]), "--out", str(out), *tiny_train_args, "optim.lr=nan"]) == 2
     assert "optim.lr" in capsys.readouterr().err
     assert not out.exists()

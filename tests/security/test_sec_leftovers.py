@@ -19,8 +19,9 @@ from udavae.cli import main
 from udavae.engine import model_folder as mf
 
 
-def test_last_checkpoint_is_written_before_best(trained: dict[str, Path], tmp_path: Path, tiny_train_args: list[str],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_last_checkpoint_is_written_before_best(
+    trained: dict[str, Path], tmp_path: Path, tiny_train_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     written: list[str] = []
     save = mf.save_checkpoint
 
@@ -33,8 +34,9 @@ def test_last_checkpoint_is_written_before_best(trained: dict[str, Path], tmp_pa
     assert "best" in written and written.index("last") < written.index("best")
 
 
-def test_mask_and_uncertainty_map_are_one_unit(trained: dict[str, Path], tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mask_and_uncertainty_map_are_one_unit(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A kill between the two renames never leaves a new mask beside the old map of an earlier run."""
     images = sorted(trained["images"].iterdir())
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -61,8 +63,7 @@ def test_mask_and_uncertainty_map_are_one_unit(trained: dict[str, Path], tmp_pat
     assert not [p for p in out.iterdir() if fileio.is_temporary(p.name)]
 
 
-def test_train_removes_stale_temporaries(trained: dict[str, Path], tmp_path: Path,
-                                         tiny_train_args: list[str]) -> None:
+def test_train_removes_stale_temporaries(trained: dict[str, Path], tmp_path: Path, tiny_train_args: list[str]) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     stale = [run / ".config-0123456789ab.yaml", run / "checkpoints" / ".last-0123456789ab.pt"]
@@ -74,8 +75,9 @@ def test_train_removes_stale_temporaries(trained: dict[str, Path], tmp_path: Pat
     assert not [p for p in run.rglob(".*") if fileio.is_temporary(p.name)]
 
 
-def test_predict_ignores_hidden_inputs_and_removes_old_temporaries(trained: dict[str, Path], tmp_path: Path,
-                                                                   capsys) -> None:
+def test_predict_ignores_hidden_inputs_and_removes_old_temporaries(
+    trained: dict[str, Path], tmp_path: Path, capsys
+) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     out.mkdir()
@@ -93,12 +95,27 @@ def test_predict_ignores_hidden_inputs_and_removes_old_temporaries(trained: dict
     assert sorted(p.name for p in out.iterdir()) == [fresh.name, "a.nii.gz"]
 
 
-def test_failed_evaluate_leaves_no_empty_folder(trained: dict[str, Path], data_copy: Path, tmp_path: Path,
-                                                capsys) -> None:
+def test_failed_evaluate_leaves_no_empty_folder(
+    trained: dict[str, Path], data_copy: Path, tmp_path: Path, capsys
+) -> None:
     image = data_copy / "LGE" / "images" / "case003.nii.gz"
     image.write_bytes(image.read_bytes()[:100])  # truncated
     out = tmp_path / "eval"
-    assert main(["evaluate", str(trained["run"]), "--dataset", str(data_copy), "--out", str(out),
-                 "--device", "cpu", "--no-qc"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(trained["run"]),
+                "--dataset",
+                str(data_copy),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-qc",
+            ]
+        )
+        == 2
+    )
     assert "case003.nii.gz" in capsys.readouterr().err
     assert not out.exists()

@@ -46,8 +46,9 @@ def test_unsafe_names_refused(name: object) -> None:
     assert not is_safe_name(name)
 
 
-def test_escaping_case_id_is_refused_where_read_and_nothing_escapes(trained: dict[str, Path], data_copy: Path,
-                                                                    tmp_path: Path, capsys) -> None:
+def test_escaping_case_id_is_refused_where_read_and_nothing_escapes(
+    trained: dict[str, Path], data_copy: Path, tmp_path: Path, capsys
+) -> None:
     bad = "../../ESCAPED"  # from OUT/masks/ this lands in tmp_path
     _edit_json(data_copy / "dataset.json", lambda d: _rename_case(d, "LGE", "case003", bad))
     with pytest.raises(DataError, match=r"case id '\.\./\.\./ESCAPED' of domain 'LGE'"):
@@ -58,8 +59,23 @@ def test_escaping_case_id_is_refused_where_read_and_nothing_escapes(trained: dic
     assert "'../../ESCAPED'" in err and "dataset.json" in err
     # evaluate --save-masks writes nothing, inside or outside OUT
     out = tmp_path / "o"
-    assert main(["evaluate", str(trained["run"]), "--dataset", str(data_copy), "--save-masks", "--out", str(out),
-                 "--device", "cpu", "--no-qc"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(trained["run"]),
+                "--dataset",
+                str(data_copy),
+                "--save-masks",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-qc",
+            ]
+        )
+        == 2
+    )
     assert "'../../ESCAPED'" in capsys.readouterr().err
     assert not list(tmp_path.rglob("ESCAPED*")) and not out.exists()
 
@@ -74,8 +90,22 @@ def test_escaping_domain_name_is_refused(trained: dict[str, Path], data_copy: Pa
     _edit_json(data_copy / "dataset.json", rename)
     assert main(["data", "check", str(data_copy)]) == 2
     assert "domain '../../ESCDOM'" in capsys.readouterr().err
-    assert main(["evaluate", str(trained["run"]), "--dataset", str(data_copy), "--domain", bad,
-                 "--device", "cpu", "--no-qc"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(trained["run"]),
+                "--dataset",
+                str(data_copy),
+                "--domain",
+                bad,
+                "--device",
+                "cpu",
+                "--no-qc",
+            ]
+        )
+        == 2
+    )
     assert "domain '../../ESCDOM'" in capsys.readouterr().err
     assert not list(tmp_path.rglob("ESCDOM*")) and not list(trained["run"].parent.rglob("ESCDOM*"))
 

@@ -21,8 +21,10 @@ from udavae.engine.sweep import sweep_lock
 from udavae.errors import UserError
 from udavae.fileio import FolderLock
 
-_HOLD = ("import sys, time\nfrom udavae.fileio import FolderLock\nFolderLock(sys.argv[1]).acquire()\n"
-         "print('locked', flush=True)\ntime.sleep(120)\n")
+_HOLD = (
+    "import sys, time\nfrom udavae.fileio import FolderLock\nFolderLock(sys.argv[1]).acquire()\n"
+    "print('locked', flush=True)\ntime.sleep(120)\n"
+)
 
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
@@ -41,8 +43,9 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_train_refuses_a_users_folder_and_leaves_it_intact(trained: dict[str, Path], tmp_path: Path,
-                                                           tiny_train_args: list[str], capsys) -> None:
+def test_train_refuses_a_users_folder_and_leaves_it_intact(
+    trained: dict[str, Path], tmp_path: Path, tiny_train_args: list[str], capsys
+) -> None:
     proj = tmp_path / "proj"
     proj.mkdir()
     for name, text in (("config.yaml", "my: settings\n"), ("log.csv", "a,b\n1,2\n"), ("model.json", '{"mine": 1}')):
@@ -72,8 +75,9 @@ def test_new_run_folder_rules(trained: dict[str, Path], tmp_path: Path) -> None:
         check_new_run_folder(tmp_path / "other")
 
 
-def test_train_refuses_a_folder_in_use_and_a_killed_holder_leaves_no_lock(trained: dict[str, Path], tmp_path: Path,
-                                                                         tiny_train_args: list[str], capsys) -> None:
+def test_train_refuses_a_folder_in_use_and_a_killed_holder_leaves_no_lock(
+    trained: dict[str, Path], tmp_path: Path, tiny_train_args: list[str], capsys
+) -> None:
     out = tmp_path / "run"
     out.mkdir()
     holder = _hold_lock(out)

@@ -15,18 +15,38 @@ from udavae.cli import main
 from udavae.engine.sweep import open_sweep
 from udavae.engine.sweep_plan import build_plan
 
-TINY = ["--profile", "tiny", "--presets", "noadapt", "--seeds", "0", "--device", "cpu", "--epochs", "1",
-        "--iters-per-epoch", "1", "--batch-size", "2", "model.base_width=4", "data.crop=48"]
+TINY = [
+    "--profile",
+    "tiny",
+    "--presets",
+    "noadapt",
+    "--seeds",
+    "0",
+    "--device",
+    "cpu",
+    "--epochs",
+    "1",
+    "--iters-per-epoch",
+    "1",
+    "--batch-size",
+    "2",
+    "model.base_width=4",
+    "data.crop=48",
+]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--splits", "tset"], "evaluated split(s) ['tset'] are not splits of the target domain 'LGE'"),
-    (["--splits", "val,test,source-holdout"], None),  # valid: refused only by the missing-dataset case below
-    (["--target", "NOPE"], "the target domain 'NOPE' is not in the dataset"),
-    (["--source", "NOPE"], "the source domain 'NOPE' is not in the dataset"),
-])
-def test_sweep_checks_splits_and_domains_before_any_run(trained: dict[str, Path], tmp_path: Path, capsys,
-                                                        args: list[str], message: str | None) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--splits", "tset"], "evaluated split(s) ['tset'] are not splits of the target domain 'LGE'"),
+        (["--splits", "val,test,source-holdout"], None),  # valid: refused only by the missing-dataset case below
+        (["--target", "NOPE"], "the target domain 'NOPE' is not in the dataset"),
+        (["--source", "NOPE"], "the source domain 'NOPE' is not in the dataset"),
+    ],
+)
+def test_sweep_checks_splits_and_domains_before_any_run(
+    trained: dict[str, Path], tmp_path: Path, capsys, args: list[str], message: str | None
+) -> None:
     folder = tmp_path / "sweep"
     if message is None:  # the same grid on a dataset that does not exist
         argv = ["sweep", "--out", str(folder), "--dataset", str(tmp_path / "nodata"), *TINY, *args]
@@ -38,8 +58,7 @@ def test_sweep_checks_splits_and_domains_before_any_run(trained: dict[str, Path]
     assert not folder.exists()  # nothing created, nothing trained
 
 
-def test_sweep_resume_checks_the_stored_plan_before_any_run(trained: dict[str, Path], tmp_path: Path,
-                                                            capsys) -> None:
+def test_sweep_resume_checks_the_stored_plan_before_any_run(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
     data = Path(shutil.copytree(trained["data"], tmp_path / "data"))
     folder = tmp_path / "sweep"
     open_sweep(folder, build_plan({"dataset": str(data), "profile": "tiny", "presets": "noadapt"}), resume=False)

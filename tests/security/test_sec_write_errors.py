@@ -25,21 +25,34 @@ from udavae.engine import model_folder as mf
 from udavae.errors import UserError
 
 
-@pytest.mark.parametrize("content", [{"labels": 5}, [], {}, "just text", {"labels": {"codes": {"MYO": 200}},
-                                     "preprocessing": {}, "dataset": "x", "source": "C0", "target": "LGE"}])
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"labels": 5},
+        [],
+        {},
+        "just text",
+        {"labels": {"codes": {"MYO": 200}}, "preprocessing": {}, "dataset": "x", "source": "C0", "target": "LGE"},
+    ],
+)
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
-def test_corrupt_model_json_is_one_line_naming_it(trained: dict[str, Path], run_copy: Path, tmp_path: Path, capsys,
-                                                  content: object, command: str) -> None:
+def test_corrupt_model_json_is_one_line_naming_it(
+    trained: dict[str, Path], run_copy: Path, tmp_path: Path, capsys, content: object, command: str
+) -> None:
     (run_copy / "model.json").write_text(json.dumps(content))
-    argv = (["predict", str(run_copy), str(trained["images"]), str(tmp_path / "out"), "--device", "cpu"]
-            if command == "predict" else ["evaluate", str(run_copy), "--device", "cpu"])
+    argv = (
+        ["predict", str(run_copy), str(trained["images"]), str(tmp_path / "out"), "--device", "cpu"]
+        if command == "predict"
+        else ["evaluate", str(run_copy), "--device", "cpu"]
+    )
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(run_copy / "model.json") in err and "corrupt" in err
 
 
-def test_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "checkpoints" / "last.pt"
     mf.save_checkpoint(path, {"epoch": 1})
     before = path.read_bytes()
@@ -53,8 +66,9 @@ def test_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path: 
     assert path.read_bytes() == before and os.listdir(path.parent) == ["last.pt"]
 
 
-def test_disk_full_while_writing_a_mask_names_the_file(trained: dict[str, Path], tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_while_writing_a_mask_names_the_file(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vol = load_volume(trained["images"] / "case001.nii.gz")
     mask = tmp_path / "case001.nii.gz"
     save_like(vol.data.astype("int16") * 0, vol, mask)
@@ -71,18 +85,35 @@ def test_disk_full_while_writing_a_mask_names_the_file(trained: dict[str, Path],
 
 def _limited(argv: list[str], limit: int) -> subprocess.CompletedProcess:
     """Run ``udavae ARGV`` with files limited to ``limit`` bytes (``ulimit -f``): writes past it fail (EFBIG)."""
+
     def setlimit() -> None:  # pragma: no cover - runs in the child
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
     env = {**os.environ, "UDAVAE_NO_MALLOC_TUNING": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "udavae", *argv], env=env, preexec_fn=setlimit,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "udavae", *argv],
+        env=env,
+        preexec_fn=setlimit,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_file_size_limit_during_predict_is_one_line(trained: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    r = _limited(["predict", str(trained["run"]), str(trained["images"] / "case001.nii.gz"), str(out),
-                  "--device", "cpu", "--no-qc"], limit=100)
+    r = _limited(
+        [
+            "predict",
+            str(trained["run"]),
+            str(trained["images"] / "case001.nii.gz"),
+            str(out),
+            "--device",
+            "cpu",
+            "--no-qc",
+        ],
+        limit=100,
+    )
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip().splitlines()
     assert "Traceback" not in r.stderr and len(err) == 1
@@ -90,8 +121,9 @@ def test_file_size_limit_during_predict_is_one_line(trained: dict[str, Path], tm
     assert [p.name for p in out.iterdir()] == []  # no half-written mask, no temporary
 
 
-def test_file_size_limit_during_checkpointing_is_one_line(trained: dict[str, Path], tmp_path: Path,
-                                                          tiny_train_args: list[str]) -> None:
+def test_file_size_limit_during_checkpointing_is_one_line(
+    trained: dict[str, Path], tmp_path: Path, tiny_train_args: list[str]
+) -> None:
     out = tmp_path / "run"
     r = _limited(["train", "--dataset", str(trained["data"]), "--out", str(out), *tiny_train_args], limit=100_000)
     assert r.returncode == 2, r.stderr

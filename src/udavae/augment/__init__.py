@@ -18,6 +18,17 @@ from udavae.augment.saliency import fuse, saliency_map
 from udavae.augment.stage import SourceAugmenter
 from udavae.augment.standard import StandardAugment
 
-__all__ = ["SourceAugmenter", "StandardAugment", "bezier_curve", "class_location_scale", "fuse", "gin_views",
-           "global_location_scale", "ipa_blend", "local_location_scale", "random_field", "random_gin",
-           "saliency_map"]
+__all__ = [
+    "SourceAugmenter",
+    "StandardAugment",
+    "bezier_curve",
+    "class_location_scale",
+    "fuse",
+    "gin_views",
+    "global_location_scale",
+    "ipa_blend",
+    "local_location_scale",
+    "random_field",
+    "random_gin",
+    "saliency_map",
+]

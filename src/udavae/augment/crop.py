@@ -31,8 +31,9 @@ class CropAugment:
         """Whether this augmentation changes anything."""
         return self.standard is not None or self.slaug
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor | None,
-                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor | None, rng: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
         """The augmented crop as a dataset item (images 1 x H x W, label H x W long)."""
         if self.standard is not None:
             image, label = self.standard(image, label, int(rng.integers(2**31)))
@@ -43,7 +44,8 @@ class CropAugment:
             img, lab = image.numpy(), label.numpy()
             item["image"] = torch.from_numpy(global_location_scale(img, rng, self.cfg.slaug_points))[None]
             item["image_lla"] = torch.from_numpy(
-                local_location_scale(img, lab, rng, self.cfg.slaug_points, self.cfg.slaug_background))[None]
+                local_location_scale(img, lab, rng, self.cfg.slaug_points, self.cfg.slaug_background)
+            )[None]
         else:
             item["image"] = image[None].contiguous()
         if label is not None:

@@ -58,8 +58,9 @@ def ipa_blend(view_a: Tensor, view_b: Tensor, field: Tensor) -> Tensor:
     return field * view_a + (1.0 - field) * view_b
 
 
-def gin_views(x: Tensor, generator: torch.Generator, layers: int = 4, channels: int = 2,
-              grid: int = 4) -> tuple[Tensor, Tensor]:
+def gin_views(
+    x: Tensor, generator: torch.Generator, layers: int = 4, channels: int = 2, grid: int = 4
+) -> tuple[Tensor, Tensor]:
     """A GIN view and an IPA view (two further GIN views blended by a random field) of every crop."""
     first = random_gin(x, generator, layers, channels)
     a, b = random_gin(x, generator, layers, channels), random_gin(x, generator, layers, channels)

@@ -25,8 +25,9 @@ __all__ = ["bezier_curve", "class_location_scale", "global_location_scale", "loc
 _SAMPLES = 1000
 
 
-def bezier_curve(rng: np.random.Generator, points: int = 4, inverse: bool = False, lo: float = 0.0,
-                 hi: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def bezier_curve(
+    rng: np.random.Generator, points: int = 4, inverse: bool = False, lo: float = 0.0, hi: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """A random monotone intensity curve on [lo, hi] as sample arrays (xs ascending, ys monotone).
 
     ``np.interp(v, xs, ys)`` applies it: ``lo -> lo`` and ``hi -> hi`` (``lo -> hi`` and ``hi -> lo`` when
@@ -64,8 +65,9 @@ def global_location_scale(image: np.ndarray, rng: np.random.Generator, points: i
     return _curve_then_shift(image, rng, points, inverse=False).astype(np.float32)
 
 
-def class_location_scale(image: np.ndarray, region: np.ndarray, rng: np.random.Generator, points: int = 4,
-                         inverse_prob: float = 0.5) -> np.ndarray:
+def class_location_scale(
+    image: np.ndarray, region: np.ndarray, rng: np.random.Generator, points: int = 4, inverse_prob: float = 0.5
+) -> np.ndarray:
     """The crop with a random curve and location-scale applied inside ``region`` (boolean) only."""
     out = image.astype(np.float32, copy=True)
     if region.any():
@@ -73,8 +75,9 @@ def class_location_scale(image: np.ndarray, region: np.ndarray, rng: np.random.G
     return out
 
 
-def local_location_scale(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, points: int = 4,
-                         background: float = 0.01) -> np.ndarray:
+def local_location_scale(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, points: int = 4, background: float = 0.01
+) -> np.ndarray:
     """LLA: an independent curve per structure (inverted with p = 1/2) and for the background (always
     inverted); voxels at or below ``background`` keep their intensity."""
     out = image.astype(np.float32, copy=True)

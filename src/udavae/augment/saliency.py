@@ -23,8 +23,11 @@ def saliency_map(gradient: Tensor, grid: int = 3, eps: float = 1e-20) -> Tensor:
     b, _, h, w = gradient.shape
     g = gradient.float().pow(2).mean(dim=1, keepdim=True).sqrt()
     coarse = F.adaptive_avg_pool2d(g, grid)
-    s = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True) if grid > 1 else coarse.expand(
-        b, 1, h, w)
+    s = (
+        F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)
+        if grid > 1
+        else coarse.expand(b, 1, h, w)
+    )
     flat = s.reshape(b, -1)
     lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
     return ((flat - lo + eps) / (hi - lo + eps)).reshape(b, 1, h, w)

@@ -35,7 +35,7 @@ def image_pyramid(image: Tensor) -> list[Tensor]:
 
 def label_pyramid(label: Tensor) -> list[Tensor]:
     """B x H x W -> [full, 1/2, 1/4] by exact nearest neighbour (the centre pixel of each block)."""
-    return [label] + [label[:, s // 2::s, s // 2::s].contiguous() for s in PYRAMID[1:]]
+    return [label] + [label[:, s // 2 :: s, s // 2 :: s].contiguous() for s in PYRAMID[1:]]
 
 
 class SourceAugmenter:

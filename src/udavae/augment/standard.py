@@ -43,28 +43,46 @@ class StandardAugment:
         if cfg.spatial:
             rot = math.radians(cfg.rotate_deg)
             spatial = [
-                RandAffined(both, prob=cfg.affine_prob, rotate_range=(rot,), scale_range=(cfg.scale, cfg.scale),
-                            shear_range=(cfg.shear, cfg.shear), mode=modes, padding_mode="zeros",
-                            allow_missing_keys=True),
-                Rand2DElasticd(both, spacing=(24, 24), magnitude_range=(0.0, cfg.elastic_magnitude),
-                               prob=cfg.elastic_prob, mode=modes, padding_mode="zeros", allow_missing_keys=True),
+                RandAffined(
+                    both,
+                    prob=cfg.affine_prob,
+                    rotate_range=(rot,),
+                    scale_range=(cfg.scale, cfg.scale),
+                    shear_range=(cfg.shear, cfg.shear),
+                    mode=modes,
+                    padding_mode="zeros",
+                    allow_missing_keys=True,
+                ),
+                Rand2DElasticd(
+                    both,
+                    spacing=(24, 24),
+                    magnitude_range=(0.0, cfg.elastic_magnitude),
+                    prob=cfg.elastic_prob,
+                    mode=modes,
+                    padding_mode="zeros",
+                    allow_missing_keys=True,
+                ),
             ]
             if cfg.flip_prob > 0:
-                spatial += [RandFlipd(both, prob=cfg.flip_prob, spatial_axis=0, allow_missing_keys=True),
-                            RandFlipd(both, prob=cfg.flip_prob, spatial_axis=1, allow_missing_keys=True)]
+                spatial += [
+                    RandFlipd(both, prob=cfg.flip_prob, spatial_axis=0, allow_missing_keys=True),
+                    RandFlipd(both, prob=cfg.flip_prob, spatial_axis=1, allow_missing_keys=True),
+                ]
         if cfg.intensity:
             intensity = [
                 RandAdjustContrastd(["image"], prob=cfg.gamma_prob, gamma=tuple(cfg.gamma)),
                 RandBiasFieldd(["image"], prob=cfg.bias_prob, coeff_range=(0.0, cfg.bias_coeff)),
                 RandGaussianNoised(["image"], prob=cfg.noise_prob, std=cfg.noise_std),
-                RandGaussianSmoothd(["image"], prob=cfg.blur_prob, sigma_x=tuple(cfg.blur_sigma),
-                                    sigma_y=tuple(cfg.blur_sigma)),
+                RandGaussianSmoothd(
+                    ["image"], prob=cfg.blur_prob, sigma_x=tuple(cfg.blur_sigma), sigma_y=tuple(cfg.blur_sigma)
+                ),
             ]
         self.spatial = Compose(spatial) if spatial else None
         self.intensity = Compose(intensity) if intensity else None
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor | None,
-                 seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor | None, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Augment one crop (H x W float image in [0, 1], H x W integer label or None) under ``seed``."""
         data: dict[str, torch.Tensor] = {"image": image[None].float()}
         if label is not None:
@@ -78,4 +96,3 @@ class StandardAugment:
         out = torch.as_tensor(np.asarray(data["image"]))[0].clamp(0.0, 1.0).float()
         lab = torch.as_tensor(np.asarray(data["label"]))[0].round().to(label.dtype) if label is not None else None
         return out, lab
-

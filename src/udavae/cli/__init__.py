@@ -13,8 +13,17 @@ import sys
 
 from udavae.errors import UserError
 
-_COMMAND_MODULES = ("data_cmd", "model_cmd", "config_cmd", "train_cmd", "eval_cmd", "sweep_cmd", "compare_cmd",
-                    "demo_cmd", "docs_cmd")
+_COMMAND_MODULES = (
+    "data_cmd",
+    "model_cmd",
+    "config_cmd",
+    "train_cmd",
+    "eval_cmd",
+    "sweep_cmd",
+    "compare_cmd",
+    "demo_cmd",
+    "docs_cmd",
+)
 
 
 def version_text() -> str:
@@ -47,8 +56,13 @@ def add_preset_profile_args(parser: argparse.ArgumentParser) -> None:
     """``--preset`` and ``--profile``, as every command that builds a configuration takes them."""
     from udavae.methods.presets import PRESETS, PROFILES
 
-    parser.add_argument("--preset", default="udavae++", choices=list(PRESETS), metavar="PRESET",
-                        help="method preset, one of the list below (default udavae++)")
+    parser.add_argument(
+        "--preset",
+        default="udavae++",
+        choices=list(PRESETS),
+        metavar="PRESET",
+        help="method preset, one of the list below (default udavae++)",
+    )
     parser.add_argument("--profile", default="paper", choices=list(PROFILES), help="compute profile (default paper)")
 
 
@@ -58,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="udavae",
         description="Unsupervised domain adaptation for cardiac segmentation (UDA-VAE++ and baselines).",
     )
-    parser.add_argument("--version", action="version", version=version_text(),
-                        help="print the udavae, torch and Python versions and exit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_text(),
+        help="print the udavae, torch and Python versions and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:

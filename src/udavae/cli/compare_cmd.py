@@ -40,32 +40,67 @@ def _csv_list(text: str) -> list[str]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``compare`` sub-command."""
-    p = sub.add_parser("compare", help="compare methods x seeds: mean +- std over seeds, bootstrap CIs, "
-                       "Wilcoxon tests, tables and box plots",
-                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="a model folder, a sweep folder, or any folder searched for model folders (folders with "
-                   "model.json and config.yaml); LABEL=PATH puts those runs into group LABEL")
+    p = sub.add_parser(
+        "compare",
+        help="compare methods x seeds: mean +- std over seeds, bootstrap CIs, Wilcoxon tests, tables and box plots",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="a model folder, a sweep folder, or any folder searched for model folders (folders with "
+        "model.json and config.yaml); LABEL=PATH puts those runs into group LABEL",
+    )
     p.add_argument("--out", help="output folder (default: <first PATH>/compare for a sweep folder, else ./compare)")
-    p.add_argument("--reference", metavar="GROUP",
-                   help="group the others are tested against (default: noadapt if present, else the first group)")
-    p.add_argument("--splits", default="test,val",
-                   help="comma-separated splits of the target domain to compare (default test,val); each run "
-                   "needs 'udavae evaluate RUN --split S' for each")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"),
-                   help="which evaluated checkpoint to compare (default best)")
-    p.add_argument("--raw", action="store_true",
-                   help="use the network's raw masks (metrics_raw.csv where present) instead of the post-processed "
-                   "ones; comparable with runs without post-processing")
-    p.add_argument("--metrics", default="dice,assd,hd95",
-                   help="comma-separated metrics: dice, iou (%%), assd, hd95, hd (mm) (default dice,assd,hd95)")
-    p.add_argument("--bootstrap", type=int, default=10000, metavar="N",
-                   help="bootstrap resamples for the 95%% intervals (default 10000; 0: no intervals)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the bootstrap resampling and the plot jitter, for reproducible results (default 0)")
-    p.add_argument("--formats", default="md,csv,tex,png",
-                   help="comma-separated outputs among md, csv, tex, png (default all); compare.json is always "
-                   "written")
+    p.add_argument(
+        "--reference",
+        metavar="GROUP",
+        help="group the others are tested against (default: noadapt if present, else the first group)",
+    )
+    p.add_argument(
+        "--splits",
+        default="test,val",
+        help="comma-separated splits of the target domain to compare (default test,val); each run "
+        "needs 'udavae evaluate RUN --split S' for each",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=("best", "last"),
+        help="which evaluated checkpoint to compare (default best)",
+    )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="use the network's raw masks (metrics_raw.csv where present) instead of the post-processed "
+        "ones; comparable with runs without post-processing",
+    )
+    p.add_argument(
+        "--metrics",
+        default="dice,assd,hd95",
+        help="comma-separated metrics: dice, iou (%%), assd, hd95, hd (mm) (default dice,assd,hd95)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="bootstrap resamples for the 95%% intervals (default 10000; 0: no intervals)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the bootstrap resampling and the plot jitter, for reproducible results (default 0)",
+    )
+    p.add_argument(
+        "--formats",
+        default="md,csv,tex,png",
+        help="comma-separated outputs among md, csv, tex, png (default all); compare.json is always written",
+    )
     p.set_defaults(func=run_compare)
 
 
@@ -82,12 +117,19 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise UserError("--bootstrap must be >= 0")
     formats = parse_formats(args.formats)
-    comp = compare(args.paths, reference=args.reference, splits=splits, checkpoint=args.checkpoint, raw=args.raw,
-                   metrics=metrics, n_resamples=args.bootstrap, seed=args.seed)
+    comp = compare(
+        args.paths,
+        reference=args.reference,
+        splits=splits,
+        checkpoint=args.checkpoint,
+        raw=args.raw,
+        metrics=metrics,
+        n_resamples=args.bootstrap,
+        seed=args.seed,
+    )
     out = Path(args.out) if args.out else default_out(args.paths)
     written = write_outputs(comp, out, formats)
-    groups = ", ".join(f"{g} ({len(comp.seeds(g))} seed{'s' if len(comp.seeds(g)) != 1 else ''})"
-                       for g in comp.groups)
+    groups = ", ".join(f"{g} ({len(comp.seeds(g))} seed{'s' if len(comp.seeds(g)) != 1 else ''})" for g in comp.groups)
     print(f"compared {len(comp.runs)} runs in {len(comp.groups)} groups: {groups}")
     print(terminal_table(comp))
     for note in comp.notes:

@@ -60,7 +60,7 @@ def attribute_docs(cls: type) -> dict[str, str]:
         return {}
     entries: list[tuple[list[str], list[str]]] = []
     indent: int | None = None
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             continue
         ind = len(line) - len(line.lstrip())
@@ -110,8 +110,9 @@ def _source(key: str, preset: str, profile: str, overrides: dict[str, Any]) -> s
     return "default"
 
 
-def config_keys(preset: str = "udavae++", profile: str = "paper",
-                overrides: dict[str, Any] | None = None) -> list[KeyInfo]:
+def config_keys(
+    preset: str = "udavae++", profile: str = "paper", overrides: dict[str, Any] | None = None
+) -> list[KeyInfo]:
     """Every settable key of the configuration ``build_config(preset, profile, overrides)`` resolves to.
 
     Raises:
@@ -119,8 +120,9 @@ def config_keys(preset: str = "udavae++", profile: str = "paper",
     """
     overrides = dict(overrides or {})
     cfg = build_config(preset, profile, overrides)
-    return [KeyInfo(key, typ, value, _source(key, preset, profile, overrides), desc)
-            for key, typ, value, desc in _walk(cfg)]
+    return [
+        KeyInfo(key, typ, value, _source(key, preset, profile, overrides), desc) for key, typ, value, desc in _walk(cfg)
+    ]
 
 
 def config_yaml(cfg: Config) -> str:
@@ -146,23 +148,31 @@ def register(subparsers: Any) -> None:
     from udavae.cli import add_preset_profile_args, presets_epilog
     from udavae.cli.train_cmd import FLAG_KEYS
 
-    parser = subparsers.add_parser("config", help="list every config key with its value for a preset / profile",
-                                   description="Inspect the configuration a training run would use.")
+    parser = subparsers.add_parser(
+        "config",
+        help="list every config key with its value for a preset / profile",
+        description="Inspect the configuration a training run would use.",
+    )
     sub = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     flags = "\n".join(f"  --{flag.replace('_', '-'):<16} {key}" for flag, key in FLAG_KEYS.items())
     show = sub.add_parser(
-        "show", help="every config key with its type, resolved value and origin",
+        "show",
+        help="every config key with its type, resolved value and origin",
         description="Print every config key a key=value override (of train, model info, config show) may set,\n"
-                    "with its type, its value for --preset and --profile, where that value comes from\n"
-                    "(default < profile < preset < override: later layers win) and a one-line description.\n"
-                    "With --yaml, print the resolved config as train writes it to RUN/config.yaml.",
+        "with its type, its value for --preset and --profile, where that value comes from\n"
+        "(default < profile < preset < override: later layers win) and a one-line description.\n"
+        "With --yaml, print the resolved config as train writes it to RUN/config.yaml.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"train flags and the keys they set:\n{flags}\n\n{presets_epilog()}",
     )
     add_preset_profile_args(show)
     show.add_argument("--yaml", action="store_true", help="print the resolved config as YAML instead of a table")
-    show.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                      help="config overrides applied last, e.g. optim.lr=2e-4 method.mi_prior=false")
+    show.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides applied last, e.g. optim.lr=2e-4 method.mi_prior=false",
+    )
     show.set_defaults(func=_show)
 
     def _usage(args: argparse.Namespace) -> int:
@@ -181,8 +191,10 @@ def _show(args: argparse.Namespace) -> int:
     rows = [("KEY", "TYPE", "VALUE", "FROM", "DESCRIPTION")]
     rows += [(k.key, k.type, format_value(k.value), k.source, k.description) for k in keys]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    print(f"config of preset {args.preset}, profile {args.profile} ({len(keys)} keys; "
-          "precedence default < profile < preset < override)")
+    print(
+        f"config of preset {args.preset}, profile {args.profile} ({len(keys)} keys; "
+        "precedence default < profile < preset < override)"
+    )
     for r in rows:
         print(("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4]).rstrip())
     return 0

@@ -25,8 +25,9 @@ DEMO_OVERRIDES: dict[str, object] = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="generate synthetic data, train NoAdapt and UDA-VAE++, compare",
-                       description=__doc__)
+    p = sub.add_parser(
+        "demo", help="generate synthetic data, train NoAdapt and UDA-VAE++, compare", description=__doc__
+    )
     p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")
     p.add_argument("--epochs", type=int, help="epochs per method (default 6)")
     p.add_argument("--iters-per-epoch", type=int, help="iterations per epoch (default 40)")

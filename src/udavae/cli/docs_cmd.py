@@ -60,9 +60,13 @@ def cli_reference() -> str:
     from udavae.cli import build_parser
 
     parser = build_parser()
-    lines = [_HEADER + "# Command-line reference", "",
-             "Every command and option of `udavae`, generated from its argument parser (`udavae COMMAND --help` "
-             "prints the same).", ""]
+    lines = [
+        _HEADER + "# Command-line reference",
+        "",
+        "Every command and option of `udavae`, generated from its argument parser (`udavae COMMAND --help` "
+        "prints the same).",
+        "",
+    ]
     for name, sub in _subcommands(parser).items():
         lines += _command_section(f"udavae {name}", sub, 2)
     return "\n".join(lines).rstrip() + "\n"
@@ -74,11 +78,15 @@ def config_reference() -> str:
     from udavae.config import Config, apply_overrides
     from udavae.methods.presets import PRESET_HELP, PROFILES
 
-    lines = [_HEADER + "# Configuration reference", "",
-             "Every key a run takes, as `key=value` on the command line, in a sweep grid, or in "
-             "`udavae.Config.from_preset(..., key__sub=value)`. Defaults are those of the code; a profile "
-             "(`--profile`) and a preset (`--preset`) change some of them (tables below). `udavae config show "
-             "--preset P --profile Q` prints the resolved values of one run.", ""]
+    lines = [
+        _HEADER + "# Configuration reference",
+        "",
+        "Every key a run takes, as `key=value` on the command line, in a sweep grid, or in "
+        "`udavae.Config.from_preset(..., key__sub=value)`. Defaults are those of the code; a profile "
+        "(`--profile`) and a preset (`--preset`) change some of them (tables below). `udavae config show "
+        "--preset P --profile Q` prints the resolved values of one run.",
+        "",
+    ]
     cfg = Config()
     general = [k for k in config_keys("udavae++", "paper") if not k.key.startswith("method.")]
     defaults = {k: v for k, v in _flat(cfg.to_dict()).items()}
@@ -86,12 +94,17 @@ def config_reference() -> str:
     for info in general:
         sections.setdefault(info.key.split(".")[0], []).append(
             f"| `{info.key}` | {info.type} | `{format_value(defaults.get(info.key, info.value))}` | "
-            f"{info.description.replace('|', '/')} |")
+            f"{info.description.replace('|', '/')} |"
+        )
     for section, rows in sections.items():
         lines += [f"## `{section}`", "", "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""]
-    lines += ["## `method` (per method kind)", "",
-              "`method.kind` selects the method; each kind has its own options (an option of another kind is an "
-              "error). `method.name` is the preset's name, recorded for reports.", ""]
+    lines += [
+        "## `method` (per method kind)",
+        "",
+        "`method.kind` selects the method; each kind has its own options (an option of another kind is an "
+        "error). `method.name` is the preset's name, recorded for reports.",
+        "",
+    ]
     from udavae.config import method_kinds, method_options
 
     for kind in method_kinds():
@@ -99,13 +112,14 @@ def config_reference() -> str:
         apply_overrides(c, {"method.kind": kind})
         keys = [k for k in _walk_method(c) if k[0] not in ("method.name", "method.kind")]
         doc = (method_options(kind).__doc__ or "").strip().splitlines()[0]
-        lines += [f"### `method.kind={kind}`", "", doc, "", "| key | type | default | meaning |",
-                  "|---|---|---|---|"]
+        lines += [f"### `method.kind={kind}`", "", doc, "", "| key | type | default | meaning |", "|---|---|---|---|"]
         lines += [f"| `{k}` | {t} | `{format_value(v)}` | {d.replace('|', '/')} |" for k, t, v, d in keys]
         lines.append("")
     lines += ["## Profiles", "", "| profile | keys it sets |", "|---|---|"]
-    lines += [f"| `{name}` | {', '.join(f'`{k}={format_value(v)}`' for k, v in keys.items())} |"
-              for name, keys in PROFILES.items()]
+    lines += [
+        f"| `{name}` | {', '.join(f'`{k}={format_value(v)}`' for k, v in keys.items())} |"
+        for name, keys in PROFILES.items()
+    ]
     lines += ["", "## Presets", "", "| preset | what it trains |", "|---|---|"]
     lines += [f"| `{name}` | {text} |" for name, text in PRESET_HELP.items()]
     return "\n".join(lines).rstrip() + "\n"
@@ -139,10 +153,13 @@ def write_reference(out: Path = DEFAULT_OUT, check: bool = False) -> list[Path]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("docs", help="write the generated reference pages (commands, config keys)",
-                       description="Write docs/reference/cli.md (every command and option) and "
-                       "docs/reference/config.md (every config key with its default and meaning) from the code. "
-                       "--check exits 1 when the pages on disk are stale.")
+    p = sub.add_parser(
+        "docs",
+        help="write the generated reference pages (commands, config keys)",
+        description="Write docs/reference/cli.md (every command and option) and "
+        "docs/reference/config.md (every config key with its default and meaning) from the code. "
+        "--check exits 1 when the pages on disk are stale.",
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the pages (default docs/reference)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page differs from the code")
     p.set_defaults(func=_run)
@@ -157,4 +174,3 @@ def _run(args: argparse.Namespace) -> int:
     for p in paths:
         print(f"wrote {p}")
     return 0
-

@@ -9,84 +9,124 @@ from pathlib import Path
 
 def _model_args(p: argparse.ArgumentParser, batch: bool = True) -> None:
     """Arguments every command that loads a model folder takes."""
-    p.add_argument("--checkpoint", default="selected",
-                   help="which saved weights to use: 'selected' = the one the run's selection rule chose "
-                   "(RUN/selection.json; default), 'best' = the epoch that rule chose (the best validation Dice "
-                   "under the default rule when the target has labelled validation cases), 'last' = the final epoch, "
-                   "'ema' = the weight average, 'epoch_NNN' / 'epoch_NNN_ema' = a kept epoch")
+    p.add_argument(
+        "--checkpoint",
+        default="selected",
+        help="which saved weights to use: 'selected' = the one the run's selection rule chose "
+        "(RUN/selection.json; default), 'best' = the epoch that rule chose (the best validation Dice "
+        "under the default rule when the target has labelled validation cases), 'last' = the final epoch, "
+        "'ema' = the weight average, 'epoch_NNN' / 'epoch_NNN_ema' = a kept epoch",
+    )
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     if batch:
         p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
-        p.add_argument("--amp", choices=("none", "bf16", "fp16"),
-                       help="mixed precision for inference (default: the model's training setting)")
-        p.add_argument("--no-postprocess", action="store_true",
-                       help="use the network's raw masks; by default the post-processing decided on the "
-                       "validation cases (RUN/postprocessing.json, see 'udavae postprocess') is applied")
+        p.add_argument(
+            "--amp",
+            choices=("none", "bf16", "fp16"),
+            help="mixed precision for inference (default: the model's training setting)",
+        )
+        p.add_argument(
+            "--no-postprocess",
+            action="store_true",
+            help="use the network's raw masks; by default the post-processing decided on the "
+            "validation cases (RUN/postprocessing.json, see 'udavae postprocess') is applied",
+        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("evaluate", help="per-patient, per-structure metrics of a model on a split",
-                       description="Dice, IoU, ASSD, HD95 and HD (mm) per case and structure on the 3-D "
-                       "volumes at their native resolution. Writes metrics.csv and summary.json for the masks "
-                       "as 'predict' writes them (post-processed when the model folder holds a decision) and, "
-                       "when post-processing changes anything, metrics_raw.csv for the network's raw masks; "
-                       "summary.json has both.")
+    e = sub.add_parser(
+        "evaluate",
+        help="per-patient, per-structure metrics of a model on a split",
+        description="Dice, IoU, ASSD, HD95 and HD (mm) per case and structure on the 3-D "
+        "volumes at their native resolution. Writes metrics.csv and summary.json for the masks "
+        "as 'predict' writes them (post-processed when the model folder holds a decision) and, "
+        "when post-processing changes anything, metrics_raw.csv for the network's raw masks; "
+        "summary.json has both.",
+    )
     e.add_argument("run", help="model folder written by 'udavae train'")
-    e.add_argument("--split", default="test", help="split of the evaluated domain (default test); "
-                   "'source-holdout' = the source cases the run held out of training (RUN/selection.json), the "
-                   "evaluation a run with an unlabelled target can have")
+    e.add_argument(
+        "--split",
+        default="test",
+        help="split of the evaluated domain (default test); "
+        "'source-holdout' = the source cases the run held out of training (RUN/selection.json), the "
+        "evaluation a run with an unlabelled target can have",
+    )
     e.add_argument("--domain", help="domain to evaluate (default: the model's target domain)")
     e.add_argument("--dataset", help="dataset folder (default: the one the model was trained on)")
     e.add_argument("--out", help="output folder (default RUN/eval/<domain>_<split>_<checkpoint>)")
     _model_args(e)
     e.add_argument("--save-masks", action="store_true", help="also write the predicted masks (NIfTI)")
-    e.add_argument("--no-qc", action="store_true", help="skip qc.csv (label-free per-case scores and the "
-                   "doubtful flag; 4 more network passes per case)")
+    e.add_argument(
+        "--no-qc",
+        action="store_true",
+        help="skip qc.csv (label-free per-case scores and the doubtful flag; 4 more network passes per case)",
+    )
     e.set_defaults(func=run_evaluate, tune_malloc=True)
 
-    p = sub.add_parser("predict", help="segment new scans (NIfTI in, NIfTI masks out)",
-                       description="Masks keep the input's shape, spacing, origin and direction and use the "
-                       "dataset's own label codes. --samples K > 1 also writes an uncertainty map "
-                       "(normalised entropy of the mean softmax over K latent samples); with --samples 1 an "
-                       "older <name>_uncertainty.nii.gz beside a rewritten mask is removed. Every input is "
-                       "read and checked first: if one is unreadable, not 3-D or has NaN/Inf values nothing "
-                       "is written (unless --skip-bad), and an output folder or file that would overwrite "
-                       "an input is refused.")
+    p = sub.add_parser(
+        "predict",
+        help="segment new scans (NIfTI in, NIfTI masks out)",
+        description="Masks keep the input's shape, spacing, origin and direction and use the "
+        "dataset's own label codes. --samples K > 1 also writes an uncertainty map "
+        "(normalised entropy of the mean softmax over K latent samples); with --samples 1 an "
+        "older <name>_uncertainty.nii.gz beside a rewritten mask is removed. Every input is "
+        "read and checked first: if one is unreadable, not 3-D or has NaN/Inf values nothing "
+        "is written (unless --skip-bad), and an output folder or file that would overwrite "
+        "an input is refused.",
+    )
     p.add_argument("run", help="model folder written by 'udavae train'")
     p.add_argument("input", help="a NIfTI file or a folder of them")
     p.add_argument("output", help="output folder")
     p.add_argument("--samples", type=int, default=1, help="latent samples for uncertainty (default 1)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="segment the good inputs even if some are bad; the skipped files are listed on stderr "
-                   "and the exit status is 1 (default: write nothing if any input is bad, exit status 2)")
-    p.add_argument("--no-qc", action="store_true", help="skip qc.csv (label-free per-case scores, volumes in ml "
-                   "and the doubtful flag, worst case first; 4 more network passes per scan)")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="segment the good inputs even if some are bad; the skipped files are listed on stderr "
+        "and the exit status is 1 (default: write nothing if any input is bad, exit status 2)",
+    )
+    p.add_argument(
+        "--no-qc",
+        action="store_true",
+        help="skip qc.csv (label-free per-case scores, volumes in ml "
+        "and the doubtful flag, worst case first; 4 more network passes per scan)",
+    )
     _model_args(p)
     p.set_defaults(func=run_predict, tune_malloc=True)
 
-    q = sub.add_parser("postprocess", help="decide the mask post-processing of a model on its validation cases",
-                       description="For each structure, decide on the target validation split (never the test "
-                       "split) whether keeping only its largest 3-D connected component raises the mean Dice "
-                       "(kept when it is not lower), and store the decision in RUN/postprocessing.json, where "
-                       "'predict' and 'evaluate' apply it. Training does this itself when it ends; run it for "
-                       "model folders trained before, or to decide again.")
+    q = sub.add_parser(
+        "postprocess",
+        help="decide the mask post-processing of a model on its validation cases",
+        description="For each structure, decide on the target validation split (never the test "
+        "split) whether keeping only its largest 3-D connected component raises the mean Dice "
+        "(kept when it is not lower), and store the decision in RUN/postprocessing.json, where "
+        "'predict' and 'evaluate' apply it. Training does this itself when it ends; run it for "
+        "model folders trained before, or to decide again.",
+    )
     q.add_argument("run", help="model folder written by 'udavae train'")
-    q.add_argument("--checkpoint", choices=("best", "last", "both"), default="both",
-                   help="which checkpoint(s) to decide for (default both)")
+    q.add_argument(
+        "--checkpoint",
+        choices=("best", "last", "both"),
+        default="both",
+        help="which checkpoint(s) to decide for (default both)",
+    )
     q.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     q.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     q.set_defaults(func=run_postprocess, tune_malloc=True)
 
-    r = sub.add_parser("report", help="figures: overlays, reconstructions, training curves (PNG)",
-                       description="Writes PNG figures into the output folder: overlays.png (image, reference "
-                       "label and prediction of the first --cases labelled target-domain cases of --split), "
-                       "reconstructions.png (source and target slices and their reconstructions; methods with "
-                       "a decoder only) and training_curves.png (losses and validation Dice per epoch, from "
-                       "RUN/log.jsonl). Existing files of the same names are replaced.")
+    r = sub.add_parser(
+        "report",
+        help="figures: overlays, reconstructions, training curves (PNG)",
+        description="Writes PNG figures into the output folder: overlays.png (image, reference "
+        "label and prediction of the first --cases labelled target-domain cases of --split), "
+        "reconstructions.png (source and target slices and their reconstructions; methods with "
+        "a decoder only) and training_curves.png (losses and validation Dice per epoch, from "
+        "RUN/log.jsonl). Existing files of the same names are replaced.",
+    )
     r.add_argument("run", help="model folder")
     r.add_argument("--out", help="output folder (default RUN/report)")
-    r.add_argument("--split", default="test",
-                   help="split of the target domain whose cases the overlay figure shows (default test)")
+    r.add_argument(
+        "--split", default="test", help="split of the target domain whose cases the overlay figure shows (default test)"
+    )
     r.add_argument("--cases", type=int, default=4, help="number of target cases shown")
     _model_args(r, batch=False)
     r.set_defaults(func=run_report)
@@ -110,8 +150,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from udavae.api import evaluate
 
     model = _load(args.run, args.checkpoint, args.device, args.batch_size, args.amp)
-    evaluate(model, args.split, domain=args.domain, dataset=args.dataset, out=args.out,
-             postprocess=not args.no_postprocess, qc=not args.no_qc, save_masks=args.save_masks, verbose=True)
+    evaluate(
+        model,
+        args.split,
+        domain=args.domain,
+        dataset=args.dataset,
+        out=args.out,
+        postprocess=not args.no_postprocess,
+        qc=not args.no_qc,
+        save_masks=args.save_masks,
+        verbose=True,
+    )
     return 0
 
 
@@ -125,12 +174,19 @@ def run_predict(args: argparse.Namespace) -> int:
 
     plan_outputs(args.input, args.output, args.samples)  # fails before the model is loaded
     model = _load(args.run, args.checkpoint, args.device, args.batch_size, args.amp)
-    res = model.predict_folder(args.input, args.output, samples=args.samples, skip_bad=args.skip_bad,
-                               postprocess=not args.no_postprocess, qc=not args.no_qc)
+    res = model.predict_folder(
+        args.input,
+        args.output,
+        samples=args.samples,
+        skip_bad=args.skip_bad,
+        postprocess=not args.no_postprocess,
+        qc=not args.no_qc,
+    )
     print(f"wrote {len(res.masks)} mask(s) to {res.out}" + (" with uncertainty maps" if args.samples > 1 else ""))
     if res.qc:
-        print(f"quality control: {res.n_doubtful} of {len(res.qc)} mask(s) doubtful, listed first in "
-              f"{res.out / 'qc.csv'}")
+        print(
+            f"quality control: {res.n_doubtful} of {len(res.qc)} mask(s) doubtful, listed first in {res.out / 'qc.csv'}"
+        )
     if res.postprocessing is not None:
         print(res.postprocessing.describe())
     for u in res.removed:
@@ -145,8 +201,9 @@ def run_postprocess(args: argparse.Namespace) -> int:
 
     checkpoints = ("best", "last") if args.checkpoint == "both" else (args.checkpoint,)
     for checkpoint, pp in postprocess_run(args.run, checkpoints, args.device, args.batch_size).items():
-        dice = ", ".join(f"{s} {100 * d['raw']:.2f} -> {100 * d['largest_component']:.2f}"
-                         for s, d in pp.val_dice.items())
+        dice = ", ".join(
+            f"{s} {100 * d['raw']:.2f} -> {100 * d['largest_component']:.2f}" for s, d in pp.val_dice.items()
+        )
         print(f"{checkpoint}: {pp.describe()}\n  validation Dice raw -> largest component: {dice}")
     print(f"wrote {Path(args.run) / 'postprocessing.json'}")
     return 0
@@ -157,8 +214,9 @@ def run_report(args: argparse.Namespace) -> int:
     from udavae.reports.figures import make_report
 
     out = Path(args.out) if args.out else report_folder(args.run)
-    files = make_report(args.run, out, split=args.split, n_cases=args.cases, checkpoint=args.checkpoint,
-                        device=args.device)
+    files = make_report(
+        args.run, out, split=args.split, n_cases=args.cases, checkpoint=args.checkpoint, device=args.device
+    )
     for f in files:
         print(f"wrote {f}")
     return 0

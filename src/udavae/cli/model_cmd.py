@@ -17,17 +17,21 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     """Add the ``model`` command (sub-command ``info``) to the top-level parser."""
-    parser = subparsers.add_parser("model", help="inspect model variants (parameters, FLOPs)",
-                                   description="Inspect the network and objective of a preset.")
+    parser = subparsers.add_parser(
+        "model",
+        help="inspect model variants (parameters, FLOPs)",
+        description="Inspect the network and objective of a preset.",
+    )
     sub = parser.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     info = sub.add_parser(
-        "info", help="parameter counts and FLOPs of a preset",
+        "info",
+        help="parameter counts and FLOPs of a preset",
         description="Print the parameter count of the segmentation network and of everything trained,\n"
-                    "the FLOPs of one training step (forward + backward, BATCH source + BATCH target crops)\n"
-                    "and of one inference slice. Counted on the meta device: instant, no data.\n"
-                    "The ablation presets (abl-*) are the rows of the UDA-VAE++ paper's ablation table\n"
-                    "(bSSFP -> LGE): "
-                    "CN = concat wiring, Att = spatial-gate mean head, Global / Local / Prior = SMIE terms.",
+        "the FLOPs of one training step (forward + backward, BATCH source + BATCH target crops)\n"
+        "and of one inference slice. Counted on the meta device: instant, no data.\n"
+        "The ablation presets (abl-*) are the rows of the UDA-VAE++ paper's ablation table\n"
+        "(bSSFP -> LGE): "
+        "CN = concat wiring, Att = spatial-gate mean head, Global / Local / Prior = SMIE terms.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=presets_epilog(),
     )
@@ -36,10 +40,15 @@ def register(subparsers: Any) -> None:
     info.add_argument("--batch", type=int, default=None, help="per-domain batch (default: the profile's)")
     info.add_argument("--classes", type=int, default=4, help="segmentation classes incl. background")
     info.add_argument("--infer-size", type=int, default=192, help="side of the inference slice")
-    info.add_argument("--device", default="meta",
-                      help="where to count: meta (instant, default) or a real device such as cpu")
-    info.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                      help="config overrides, e.g. model.wiring=skip model.mean_head=gate")
+    info.add_argument(
+        "--device", default="meta", help="where to count: meta (instant, default) or a real device such as cpu"
+    )
+    info.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. model.wiring=skip model.mean_head=gate",
+    )
     info.set_defaults(func=_info)
 
     def _usage(args: argparse.Namespace) -> int:
@@ -80,14 +89,22 @@ def _info(args: argparse.Namespace) -> int:
         (c.part_labels[0], _fmt_params(c.decoder_params)),
         (c.part_labels[1], _fmt_params(c.critic_params)),
         ("trained in total", _fmt_params(c.trained_params)),
-        *[(f"training step{f', {name}' if len(c.phase_flops) > 1 else ''} (fwd+bwd, {crops} crops "
-           f"{c.crop}x{c.crop})", _fmt_flops(flops)) for name, flops in c.phase_flops.items()],
+        *[
+            (
+                f"training step{f', {name}' if len(c.phase_flops) > 1 else ''} (fwd+bwd, {crops} crops "
+                f"{c.crop}x{c.crop})",
+                _fmt_flops(flops),
+            )
+            for name, flops in c.phase_flops.items()
+        ],
         (f"training run ({cfg.optim.epochs} epochs x {cfg.optim.iters_per_epoch} steps)", _fmt_flops(c.run_flops)),
         (f"inference ({c.infer_size}x{c.infer_size} slice, net forward)", _fmt_flops(c.inference_flops)),
     ]
-    print(f"preset {args.preset} (profile {args.profile}): kind={me.kind} wiring={m.wiring} "
-          f"mean_head={m.mean_head} base_width={m.base_width} depth={m.depth} classes={args.classes} "
-          f"{me.describe()}")  # type: ignore[attr-defined]  (udavae.methods.base.MethodOptions)
+    print(
+        f"preset {args.preset} (profile {args.profile}): kind={me.kind} wiring={m.wiring} "
+        f"mean_head={m.mean_head} base_width={m.base_width} depth={m.depth} classes={args.classes} "
+        f"{me.describe()}"
+    )  # type: ignore[attr-defined]  (udavae.methods.base.MethodOptions)
     if c.frozen_params:
         rows.insert(3, ("frozen (no gradients, not trained)", _fmt_params(c.frozen_params)))
     width = max(len(k) for k, _ in rows)

@@ -26,8 +26,13 @@ examples:
   udavae sweep --out sweeps/seeds --resume"""
 
 #: sweep flags that set a config key of every run (as ``udavae train``'s flags of the same names).
-_RUN_FLAGS = {"epochs": "optim.epochs", "iters_per_epoch": "optim.iters_per_epoch",
-              "batch_size": "optim.batch_size", "amp": "runtime.amp", "compile_mode": "runtime.compile_mode"}
+_RUN_FLAGS = {
+    "epochs": "optim.epochs",
+    "iters_per_epoch": "optim.iters_per_epoch",
+    "batch_size": "optim.batch_size",
+    "amp": "runtime.amp",
+    "compile_mode": "runtime.compile_mode",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,35 +40,58 @@ def register(sub: argparse._SubParsersAction) -> None:
     from udavae.config import COMPILE_MODES
     from udavae.methods.presets import PROFILES
 
-    p = sub.add_parser("sweep", help="train and evaluate a grid of presets x seeds x overrides (resumable)",
-                       description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "sweep",
+        help="train and evaluate a grid of presets x seeds x overrides (resumable)",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", required=True, help="sweep folder (created; holds sweep.json, status.json, runs/, logs/)")
-    p.add_argument("--grid", help="YAML grid file (dataset, profile, presets, seeds, variants, overrides, grids; "
-                   "see the udavae.engine.sweep_plan docstring); flags given here override its values")
+    p.add_argument(
+        "--grid",
+        help="YAML grid file (dataset, profile, presets, seeds, variants, overrides, grids; "
+        "see the udavae.engine.sweep_plan docstring); flags given here override its values",
+    )
     p.add_argument("--dataset", help="prepared dataset folder (with dataset.json)")
     p.add_argument("--source", help="labelled source domain (default C0)")
     p.add_argument("--target", help="unlabelled target domain, evaluated (default LGE)")
     p.add_argument("--profile", choices=list(PROFILES), help="compute profile of every run (default paper)")
     p.add_argument("--presets", help="comma-separated presets, e.g. noadapt,udavae++")
     p.add_argument("--seeds", help="comma-separated seeds (default 0)")
-    p.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
-                   help="a named set of overrides run for every preset (repeatable), e.g. "
-                   "--variant no-prior method.mi_prior=false")
+    p.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        metavar=("NAME", "KEY=VALUE"),
+        help="a named set of overrides run for every preset (repeatable), e.g. "
+        "--variant no-prior method.mi_prior=false",
+    )
     p.add_argument("--splits", help="target splits evaluated after training (default val,test)")
     p.add_argument("--epochs", type=int, help="epochs of every run (overrides the profile)")
     p.add_argument("--iters-per-epoch", type=int, help="iterations per epoch of every run")
     p.add_argument("--batch-size", type=int, help="slices per domain per step of every run")
     p.add_argument("--amp", choices=("none", "bf16"), help="mixed precision of every run (default none = fp32)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile every run's step in this mode")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="where runs train and are evaluated (default auto: cuda when available)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where runs train and are evaluated (default auto: cuda when available)",
+    )
     p.add_argument("--gpus", help="comma-separated GPU indices to spread runs over (implies --device cuda)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs at once per GPU (default 1; 2-3 fill a large GPU at the paper setting); on the CPU "
-                   "runs share the cores and slow each other down, so keep 1")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the sweep in --out: finished runs are skipped, interrupted and failed ones "
-                   "continue (grid flags may be omitted; given, they may only add runs)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once per GPU (default 1; 2-3 fill a large GPU at the paper setting); on the CPU "
+        "runs share the cores and slow each other down, so keep 1",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in --out: finished runs are skipped, interrupted and failed ones "
+        "continue (grid flags may be omitted; given, they may only add runs)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state, run nothing")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides of every run")
     p.set_defaults(func=run_sweep)
@@ -119,8 +147,7 @@ def _device_and_gpus(args: argparse.Namespace) -> tuple[str, list[int]]:
             raise UserError(f"--gpus {bad}: this machine has {n} GPU(s) (indices 0-{n - 1})")
         gpus = gpus or [0]
     if device == "cpu" and args.jobs > 1:
-        print(f"note: --jobs {args.jobs} on the CPU: the runs share the cores and each runs slower",
-              file=sys.stderr)
+        print(f"note: --jobs {args.jobs} on the CPU: the runs share the cores and each runs slower", file=sys.stderr)
     return device, gpus
 
 
@@ -145,8 +172,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     base_dir = Path(args.grid).resolve().parent if args.grid else None
     plan = build_plan(spec, base_dir, where=args.grid or "sweep") if spec else None
     if plan is None and not args.resume:
-        raise UserError("no grid given: pass --dataset and --presets (or --grid FILE), or --resume to continue "
-                        f"the sweep in {folder}")
+        raise UserError(
+            "no grid given: pass --dataset and --presets (or --grid FILE), or --resume to continue "
+            f"the sweep in {folder}"
+        )
     if plan is not None:
         check_plan_data(plan)  # dataset, domains, splits: before any folder is made or any run trains
     device, gpus = _device_and_gpus(args)
@@ -158,10 +187,22 @@ def run_sweep(args: argparse.Namespace) -> int:
                 raise UserError(f"--resume --dry-run: no sweep in {folder}")
         sweep = Sweep(folder, plan, device, gpus, args.jobs)
         sweep.load_status()
-        print(f"sweep {folder}: {len(plan.runs)} runs on {', '.join(sweep.slots)}; profile {plan.profile}, "
-              f"{plan.source} -> {plan.target}, evaluated on {', '.join(plan.splits)}")
-        _print_table([{"run": r.name, "group": r.group, "seed": r.seed, "state": sweep.status[r.name].state,
-                       "overrides": " ".join(r.overrides)} for r in plan.runs])
+        print(
+            f"sweep {folder}: {len(plan.runs)} runs on {', '.join(sweep.slots)}; profile {plan.profile}, "
+            f"{plan.source} -> {plan.target}, evaluated on {', '.join(plan.splits)}"
+        )
+        _print_table(
+            [
+                {
+                    "run": r.name,
+                    "group": r.group,
+                    "seed": r.seed,
+                    "state": sweep.status[r.name].state,
+                    "overrides": " ".join(r.overrides),
+                }
+                for r in plan.runs
+            ]
+        )
         first = next(iter(sweep.pending()), None)
         if first is not None:
             print("first command: " + " ".join(sweep.steps(first, sweep.slots[0])[0][1]))
@@ -172,24 +213,31 @@ def run_sweep(args: argparse.Namespace) -> int:
         check_plan_data(plan)  # a stored plan, too: its dataset may have changed since
         sweep = Sweep(folder, plan, device, gpus, args.jobs)
         sweep.load_status()
-        print(f"sweep {folder}: {len(plan.runs)} runs ({sum(s.state == 'done' for s in sweep.status.values())} "
-              f"done) on {', '.join(sweep.slots)}; profile {plan.profile}, {plan.source} -> {plan.target}")
+        print(
+            f"sweep {folder}: {len(plan.runs)} runs ({sum(s.state == 'done' for s in sweep.status.values())} "
+            f"done) on {', '.join(sweep.slots)}; profile {plan.profile}, {plan.source} -> {plan.target}"
+        )
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             status = sweep.execute()
         except KeyboardInterrupt:
-            print(f"\ninterrupted: running steps were stopped; continue with 'udavae sweep --out {folder} "
-                  "--resume'", file=sys.stderr)
+            print(
+                f"\ninterrupted: running steps were stopped; continue with 'udavae sweep --out {folder} --resume'",
+                file=sys.stderr,
+            )
             return 130
         finally:
             signal.signal(signal.SIGTERM, previous)
     _print_table(run_summaries(sweep))
     failed = [n for n, s in status.items() if s.state == "failed"]
     for n in failed:
-        print(f"udavae sweep: run {n} failed: {status[n].error} (log {folder / 'logs' / (n + '.log')})",
-              file=sys.stderr)
-    print(f"next: udavae compare {folder}" + (f"   (failed runs are retried by 'udavae sweep --out {folder} "
-                                               "--resume')" if failed else ""))
+        print(
+            f"udavae sweep: run {n} failed: {status[n].error} (log {folder / 'logs' / (n + '.log')})", file=sys.stderr
+        )
+    print(
+        f"next: udavae compare {folder}"
+        + (f"   (failed runs are retried by 'udavae sweep --out {folder} --resume')" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     from udavae.cli import add_preset_profile_args, presets_epilog
 
     p = sub.add_parser(
-        "train", help="train a UDA method (or NoAdapt) into a model folder",
+        "train",
+        help="train a UDA method (or NoAdapt) into a model folder",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=presets_epilog(),
@@ -54,16 +55,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="slices per domain per step (per process under torchrun)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: 4 on CUDA, 0 on the CPU)")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"),
-                   help="mixed precision (default none = fp32): bf16 on GPUs and on CPUs with AVX512-BF16 / "
-                   "AMX (about 2x faster there), changes rounding (docs/performance.md); fp16 is refused for training")
-    p.add_argument("--compile", action="store_true", help="torch.compile the training step (minutes of "
-                   "compilation first; pays off over long runs)")
-    p.add_argument("--compile-mode", choices=COMPILE_MODES,
-                   help="torch.compile mode, implies --compile (default: default); reduce-overhead also "
-                   "replays the step as CUDA graphs on a GPU (on the CPU it falls back to default)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint (prints from which epoch)")
+    p.add_argument(
+        "--amp",
+        choices=("none", "bf16", "fp16"),
+        help="mixed precision (default none = fp32): bf16 on GPUs and on CPUs with AVX512-BF16 / "
+        "AMX (about 2x faster there), changes rounding (docs/performance.md); fp16 is refused for training",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training step (minutes of compilation first; pays off over long runs)",
+    )
+    p.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        help="torch.compile mode, implies --compile (default: default); reduce-overhead also "
+        "replays the step as CUDA graphs on a GPU (on the CPU it falls back to default)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (prints from which epoch)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run, tune_malloc=True)
 

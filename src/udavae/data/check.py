@@ -58,8 +58,12 @@ def _load_spec(root: Path) -> tuple[DatasetSpec | None, list[Problem]]:
     if not root.is_dir():
         return None, [Problem(root, "dataset folder not found")]
     if not json_path.is_file():
-        return None, [Problem(json_path, f"missing: {root} has no {SPEC_FILE} (not a udavae dataset, "
-                                         "or an import that did not finish)")]
+        return None, [
+            Problem(
+                json_path,
+                f"missing: {root} has no {SPEC_FILE} (not a udavae dataset, or an import that did not finish)",
+            )
+        ]
     try:
         raw = read_json(json_path, what="dataset description")
         if not isinstance(raw, dict):
@@ -73,8 +77,9 @@ def _load_spec(root: Path) -> tuple[DatasetSpec | None, list[Problem]]:
         return spec, [Problem(json_path, "malformed: 'splits' must map domains to {split: [ids]}")]
     for dom, named in splits.items():
         if dom not in spec.domains:
-            problems.append(Problem(json_path, f"splits name unknown domain {dom!r} "
-                                               f"(domains: {', '.join(spec.domains) or 'none'})"))
+            problems.append(
+                Problem(json_path, f"splits name unknown domain {dom!r} (domains: {', '.join(spec.domains) or 'none'})")
+            )
             continue
         if not isinstance(named, dict):
             problems.append(Problem(json_path, f"splits of domain {dom!r} must map split names to id lists"))
@@ -100,7 +105,7 @@ def _strip(exc: Exception, path: Path) -> str:
     msg = str(exc)
     for prefix in (f"{path}: ", f"{path} "):
         if msg.startswith(prefix):
-            return msg[len(prefix):]
+            return msg[len(prefix) :]
     return msg
 
 
@@ -139,8 +144,9 @@ def _values(vol: Volume, what: str, problems: list[Problem]) -> np.ndarray:
     bad = int(data.size - np.count_nonzero(finite))
     if bad:
         n_nan = int(np.count_nonzero(np.isnan(data)))
-        problems.append(Problem(vol.path, f"{what} holds {n_nan} NaN and {bad - n_nan} Inf values "
-                                          f"(of {data.size} voxels)"))
+        problems.append(
+            Problem(vol.path, f"{what} holds {n_nan} NaN and {bad - n_nan} Inf values (of {data.size} voxels)")
+        )
         return data[finite]
     return data
 
@@ -169,22 +175,34 @@ def _check_pair(image: Volume, label: Volume, problems: list[Problem]) -> None:
     """Image and label must share the voxel grid: shape, spacing, orientation and affine."""
     other = image.path.name
     if image.data.shape != label.data.shape:
-        problems.append(Problem(label.path, f"shape {label.data.shape} differs from image {other} "
-                                            f"shape {image.data.shape}"))
+        problems.append(
+            Problem(label.path, f"shape {label.data.shape} differs from image {other} shape {image.data.shape}")
+        )
     if not np.allclose(label.spacing, image.spacing, rtol=SPACING_RTOL, atol=0):
-        problems.append(Problem(label.path, f"spacing {_fmt(label.spacing)} differs from image {other} "
-                                            f"spacing {_fmt(image.spacing)}"))
+        problems.append(
+            Problem(
+                label.path, f"spacing {_fmt(label.spacing)} differs from image {other} spacing {_fmt(image.spacing)}"
+            )
+        )
         return
     codes_img, codes_lab = nib.aff2axcodes(image.affine), nib.aff2axcodes(label.affine)
     if codes_img != codes_lab:
-        problems.append(Problem(label.path, f"orientation {''.join(codes_lab)} differs from image {other} "
-                                            f"orientation {''.join(codes_img)}"))
+        problems.append(
+            Problem(
+                label.path,
+                f"orientation {''.join(codes_lab)} differs from image {other} orientation {''.join(codes_img)}",
+            )
+        )
         return
     tol = AFFINE_TOL * max(image.spacing)
     diff = float(np.max(np.abs(image.affine - label.affine)))
     if diff > tol:
-        problems.append(Problem(label.path, f"affine (origin/direction) differs from image {other} "
-                                            f"by up to {diff:.4g} (tolerance {tol:.2g})"))
+        problems.append(
+            Problem(
+                label.path,
+                f"affine (origin/direction) differs from image {other} by up to {diff:.4g} (tolerance {tol:.2g})",
+            )
+        )
 
 
 def _check_size(image: Volume, prep: Preprocessing, problems: list[Problem]) -> bool:
@@ -203,14 +221,24 @@ def _note_crop(label: Volume, labels: LabelMap, prep: Preprocessing, notes: list
     share = prep.cropped_share(~np.isin(np.rint(values), list(labels.background_codes)), label.spacing)
     if share > 0:
         h, w = prep.size
-        notes.append(Problem(label.path, f"{100 * share:.1f}% of the labelled voxels lie outside the {h}x{w} "
-                                         "centre crop that training sees (preprocessing size); prediction covers "
-                                         "the whole image, but training never sees that part: a larger size "
-                                         "keeps it"))
+        notes.append(
+            Problem(
+                label.path,
+                f"{100 * share:.1f}% of the labelled voxels lie outside the {h}x{w} "
+                "centre crop that training sees (preprocessing size); prediction covers "
+                "the whole image, but training never sees that part: a larger size "
+                "keeps it",
+            )
+        )
 
 
-def check_files(image_path: Path, label_path: Path | None, labels: LabelMap, prep: Preprocessing | None = None,
-                notes: list[Problem] | None = None) -> list[Problem]:
+def check_files(
+    image_path: Path,
+    label_path: Path | None,
+    labels: LabelMap,
+    prep: Preprocessing | None = None,
+    notes: list[Problem] | None = None,
+) -> list[Problem]:
     """All problems of one image (and its label file, if any), each file read once.
 
     With ``prep`` the resampled size is checked too and, when ``notes`` is a list, a label reaching beyond the
@@ -237,17 +265,22 @@ def check_files(image_path: Path, label_path: Path | None, labels: LabelMap, pre
 
 def check_case(spec: DatasetSpec, case: Case, notes: list[Problem] | None = None) -> list[Problem]:
     """All problems of one case of a dataset (checked against its preprocessing; crop warnings to ``notes``)."""
-    return check_files(spec.path(case.image), spec.path(case.label) if case.label else None, spec.labels,
-                       spec.preprocessing, notes)
+    return check_files(
+        spec.path(case.image), spec.path(case.label) if case.label else None, spec.labels, spec.preprocessing, notes
+    )
 
 
 def _show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
-def check_sources(pairs: Iterable[tuple[Path, Path | None]], labels: LabelMap,
-                  progress: bool | None = None, prep: Preprocessing | None = None,
-                  notes: list[Problem] | None = None) -> list[Problem]:
+def check_sources(
+    pairs: Iterable[tuple[Path, Path | None]],
+    labels: LabelMap,
+    progress: bool | None = None,
+    prep: Preprocessing | None = None,
+    notes: list[Problem] | None = None,
+) -> list[Problem]:
     """Every problem of (image, label or None) file pairs outside a dataset, e.g. an import's sources.
 
     Problems name the given paths, so a user sees their own files, not the copies an import would make.
@@ -261,14 +294,14 @@ def check_sources(pairs: Iterable[tuple[Path, Path | None]], labels: LabelMap,
     """
     pairs = list(pairs)
     problems: list[Problem] = []
-    for image, label in tqdm(pairs, desc="checking sources", unit="case", file=sys.stderr,
-                             disable=not _show_progress(progress)):
+    for image, label in tqdm(
+        pairs, desc="checking sources", unit="case", file=sys.stderr, disable=not _show_progress(progress)
+    ):
         problems.extend(check_files(image, label, labels, prep, notes))
     return problems
 
 
-def check_dataset(root: str | Path, progress: bool | None = None,
-                  notes: list[Problem] | None = None) -> list[Problem]:
+def check_dataset(root: str | Path, progress: bool | None = None, notes: list[Problem] | None = None) -> list[Problem]:
     """Every problem of the dataset at ``root`` (empty list: the dataset is usable).
 
     Args:
@@ -282,8 +315,7 @@ def check_dataset(root: str | Path, progress: bool | None = None,
     if spec is None:
         return problems
     if (root / INCOMPLETE_MARKER).exists():
-        problems.append(Problem(root / INCOMPLETE_MARKER, "an import into this folder did not finish; "
-                                                          "run it again"))
+        problems.append(Problem(root / INCOMPLETE_MARKER, "an import into this folder did not finish; run it again"))
     if not spec.domains:
         problems.append(Problem(root / SPEC_FILE, "no domains"))
     for dom, cases in spec.domains.items():

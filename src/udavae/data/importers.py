@@ -102,12 +102,15 @@ def _open_output(out: Path, src: Path) -> DatasetSpec | None:
         try:
             return DatasetSpec.load(out)
         except UserError as exc:
-            raise UserError(f"{out} holds a {SPEC_FILE} that cannot be read ({exc}); "
-                            "repair or remove it, or choose another output folder") from None
+            raise UserError(
+                f"{out} holds a {SPEC_FILE} that cannot be read ({exc}); "
+                "repair or remove it, or choose another output folder"
+            ) from None
     if (out / INCOMPLETE_MARKER).exists():
         return None  # an interrupted import: redo it
-    raise UserError(f"output folder {out} is not empty and is not a udavae dataset (no {SPEC_FILE}); "
-                    "choose a new or empty folder")
+    raise UserError(
+        f"output folder {out} is not empty and is not a udavae dataset (no {SPEC_FILE}); choose a new or empty folder"
+    )
 
 
 def _merge_labels(existing: LabelMap, new: LabelMap, out: Path) -> LabelMap:
@@ -117,24 +120,34 @@ def _merge_labels(existing: LabelMap, new: LabelMap, out: Path) -> LabelMap:
     codes written back into predicted masks depend on them.
     """
     if list(existing.codes.items()) != list(new.codes.items()):
-        raise UserError(f"{out / SPEC_FILE}: label map {existing.describe()} of the existing dataset differs from "
-                        f"the imported one {new.describe()}; use the same structures and primary codes in the "
-                        "same order, or import into a new folder")
-    extra = {name: (*existing.extra_codes.get(name, ()),
-                    *(c for c in new.extra_codes.get(name, ()) if c not in existing.extra_codes.get(name, ())))
-             for name in existing.codes}
+        raise UserError(
+            f"{out / SPEC_FILE}: label map {existing.describe()} of the existing dataset differs from "
+            f"the imported one {new.describe()}; use the same structures and primary codes in the "
+            "same order, or import into a new folder"
+        )
+    extra = {
+        name: (
+            *existing.extra_codes.get(name, ()),
+            *(c for c in new.extra_codes.get(name, ()) if c not in existing.extra_codes.get(name, ())),
+        )
+        for name in existing.codes
+    }
     background = (*existing.background_codes, *(c for c in new.background_codes if c not in existing.background_codes))
     try:
         return LabelMap(codes=dict(existing.codes), background_codes=background, extra_codes=extra)
     except ValueError as exc:
-        raise UserError(f"{out / SPEC_FILE}: the imported label map {new.describe()} cannot be merged with the "
-                        f"existing {existing.describe()}: {exc}") from None
+        raise UserError(
+            f"{out / SPEC_FILE}: the imported label map {new.describe()} cannot be merged with the "
+            f"existing {existing.describe()}: {exc}"
+        ) from None
 
 
 def _check_names(plan: _Plan, src: Path) -> None:
     """Domain names, case ids and split names must be safe file names (they become the dataset's paths)."""
-    bad = unsafe_names({d: [i for i, _, _ in entries] for d, entries in plan.domains.items()},
-                       {d: list(s) for d, s in plan.splits.items()})
+    bad = unsafe_names(
+        {d: [i for i, _, _ in entries] for d, entries in plan.domains.items()},
+        {d: list(s) for d, s in plan.splits.items()},
+    )
     if bad:
         raise UserError(unsafe_names_message(src, bad) + "; rename the files (case ids come from file names)")
 
@@ -149,8 +162,10 @@ def _validate_sources(plan: _Plan, labels: LabelMap, out: Path, prep: Preprocess
 
 def _problem_report(problems: list[Problem], out: Path) -> str:
     files = len({p.path for p in problems})
-    head = (f"{len(problems)} problem{'s' * (len(problems) != 1)} in {files} source file{'s' * (files != 1)}; "
-            f"nothing was written to {out}:")
+    head = (
+        f"{len(problems)} problem{'s' * (len(problems) != 1)} in {files} source file{'s' * (files != 1)}; "
+        f"nothing was written to {out}:"
+    )
     return "\n".join([head, *(f"  {p}" for p in problems)])
 
 
@@ -190,8 +205,7 @@ def _write(plan: _Plan, src: Path, out: str | Path, link: bool) -> DatasetSpec:
         raise
 
 
-def _write_files(plan: _Plan, out: Path, existing: DatasetSpec | None, labels: LabelMap,
-                 link: bool) -> DatasetSpec:
+def _write_files(plan: _Plan, out: Path, existing: DatasetSpec | None, labels: LabelMap, link: bool) -> DatasetSpec:
     """Place the files of ``plan`` under the incomplete marker; merge with ``existing``; save the spec."""
     preprocessing, name, description = plan.preprocessing, plan.name, plan.description
     domains: dict[str, list[Case]] = {}
@@ -216,8 +230,15 @@ def _write_files(plan: _Plan, out: Path, existing: DatasetSpec | None, labels: L
         domains[domain] = cases
         if plan.splits.get(domain):
             splits[domain] = plan.splits[domain]
-    spec = DatasetSpec(name=name, labels=labels, domains=domains, splits=splits,
-                       preprocessing=preprocessing, description=description, root=out)
+    spec = DatasetSpec(
+        name=name,
+        labels=labels,
+        domains=domains,
+        splits=splits,
+        preprocessing=preprocessing,
+        description=description,
+        root=out,
+    )
     spec.save(out)
     (out / INCOMPLETE_MARKER).unlink(missing_ok=True)
     _remove_stale(spec, list(plan.domains))
@@ -242,8 +263,10 @@ def _mscmrseg_root(src: Path) -> Path:
     for cand in (src, src / "Patch192"):
         if (cand / "C0").is_dir() or (cand / "LGE").is_dir():
             return cand
-    raise UserError(f"{src}: no C0/ or LGE/ folder here or in {src / 'Patch192'} "
-                    "(expected the published Patch192 layout: C0/patientN_C0.nii.gz, LGE/patientN_LGE.nii.gz)")
+    raise UserError(
+        f"{src}: no C0/ or LGE/ folder here or in {src / 'Patch192'} "
+        "(expected the published Patch192 layout: C0/patientN_C0.nii.gz, LGE/patientN_LGE.nii.gz)"
+    )
 
 
 def _mscmrseg_domain(folder: Path, seq: str) -> list[tuple[str, Path, Path | None]]:
@@ -289,21 +312,27 @@ def import_mscmrseg(src: str | Path, out: str | Path, link: bool = False) -> Dat
     domains = {seq: _mscmrseg_domain(root / seq, seq) for seq in ("C0", "LGE")}
 
     def number(case_id: str) -> int:
-        return int(case_id[len("patient"):])
+        return int(case_id[len("patient") :])
 
     c0_ids = [case_id for case_id, _, _ in domains["C0"]]
     lge_ids = [case_id for case_id, _, _ in domains["LGE"]]
     splits = {
-        "C0": {"train": c0_ids, "val": [i for i in c0_ids if number(i) <= 5],
-               "test": [i for i in c0_ids if number(i) > 5]},
+        "C0": {
+            "train": c0_ids,
+            "val": [i for i in c0_ids if number(i) <= 5],
+            "test": [i for i in c0_ids if number(i) > 5],
+        },
         "LGE": {"val": [i for i in lge_ids if number(i) <= 5], "test": [i for i in lge_ids if number(i) > 5]},
     }
     plan = _Plan(
-        name="mscmrseg", labels=LabelMap(dict(MSCMRSEG_LABELS)), domains=domains, splits=splits,
+        name="mscmrseg",
+        labels=LabelMap(dict(MSCMRSEG_LABELS)),
+        domains=domains,
+        splits=splits,
         preprocessing=Preprocessing(intensity="percentile", size=(192, 192)),
         description="MS-CMRSeg 2019 (Zhuang, TPAMI 2019), Patch192 crops published with Wu & Zhuang, "
-                    "IEEE TMI 2021. C0 (bSSFP) -> LGE: source all 35 C0 (split 'train'), target LGE val "
-                    "patients 1-5, test 6-45. LGE -> C0: source all 45 LGE, target C0 val patients 1-5, test 6-35.",
+        "IEEE TMI 2021. C0 (bSSFP) -> LGE: source all 35 C0 (split 'train'), target LGE val "
+        "patients 1-5, test 6-45. LGE -> C0: source all 45 LGE, target C0 val patients 1-5, test 6-35.",
     )
     return _write(plan, root, out, link)
 
@@ -347,12 +376,21 @@ def _label_map(labels: LabelMap | Mapping[str, int | Sequence[int]]) -> LabelMap
         raise UserError(f"label map {dict(labels)}: {exc}") from None
 
 
-def import_folder(src: str | Path, out: str | Path, domain: str,
-                  labels: LabelMap | Mapping[str, int | Sequence[int]], label_suffix: str | None = None,
-                  image_suffix: str = "", val: Sequence[str] | str | None = None,
-                  test: Sequence[str] | str | None = None, size: tuple[int, int] | int | None = None,
-                  target_spacing: tuple[float, float] | None = None, link: bool = False,
-                  require_labels: bool = False, unlabelled: bool = False) -> DatasetSpec:
+def import_folder(
+    src: str | Path,
+    out: str | Path,
+    domain: str,
+    labels: LabelMap | Mapping[str, int | Sequence[int]],
+    label_suffix: str | None = None,
+    image_suffix: str = "",
+    val: Sequence[str] | str | None = None,
+    test: Sequence[str] | str | None = None,
+    size: tuple[int, int] | int | None = None,
+    target_spacing: tuple[float, float] | None = None,
+    link: bool = False,
+    require_labels: bool = False,
+    unlabelled: bool = False,
+) -> DatasetSpec:
     """Import a folder of NIfTI images (and labels) as domain ``domain``.
 
     The layout is detected (:mod:`udavae.data.layouts`): a flat folder of ``<id><image_suffix>.nii.gz``
@@ -387,11 +425,13 @@ def import_folder(src: str | Path, out: str | Path, domain: str,
         size = _default_size([scan.images[i] for i in ids], target_spacing)
     sizes = (size, size) if isinstance(size, int) else tuple(size)
     plan = _Plan(
-        name=Path(out).name or "dataset", labels=label_map,
+        name=Path(out).name or "dataset",
+        labels=label_map,
         domains={domain: [(i, scan.images[i], scan.labels.get(i)) for i in ids]},
         splits={domain: splits},
         preprocessing=Preprocessing(intensity="percentile", size=sizes, target_spacing=target_spacing),
-        description=f"imported from {src}", preprocessing_explicit=explicit,
+        description=f"imported from {src}",
+        preprocessing_explicit=explicit,
     )
     return _write(plan, src, out, link)
 
@@ -411,9 +451,15 @@ def mmwhs_label_map(structures: tuple[str, ...] | list[str]) -> LabelMap:
 _MMWHS_RE = re.compile(r"^(ct|mr)_(train|test)_(\d+)_(image|label)\.nii(\.gz)?$")
 
 
-def import_mmwhs(src: str | Path, out: str | Path, modalities: tuple[str, ...] | list[str] = ("ct", "mr"),
-                 structures: tuple[str, ...] | list[str] = ("MYO", "LA", "LV", "RA", "RV"),
-                 val_count: int = 0, test_count: int = 0, link: bool = False) -> DatasetSpec:
+def import_mmwhs(
+    src: str | Path,
+    out: str | Path,
+    modalities: tuple[str, ...] | list[str] = ("ct", "mr"),
+    structures: tuple[str, ...] | list[str] = ("MYO", "LA", "LV", "RA", "RV"),
+    val_count: int = 0,
+    test_count: int = 0,
+    link: bool = False,
+) -> DatasetSpec:
     """Import MM-WHS 2017 raw volumes (``ct_train_1001_image.nii.gz`` + ``_label``) as domains CT / MR.
 
     Files may sit in ``src`` or in its ``ct_train/``, ``mr_train/``, ``ct_test/``, ``mr_test/``
@@ -455,16 +501,25 @@ def import_mmwhs(src: str | Path, out: str | Path, modalities: tuple[str, ...] |
         ids = sorted(cases, key=lambda i: int(i.rsplit("_", 1)[1]))
         labelled = [i for i in ids if "label" in cases[i]]
         if val_count + test_count > len(labelled):
-            raise UserError(f"{src}: {mod.upper()} has {len(labelled)} labelled cases, fewer than "
-                            f"val_count + test_count = {val_count + test_count}")
+            raise UserError(
+                f"{src}: {mod.upper()} has {len(labelled)} labelled cases, fewer than "
+                f"val_count + test_count = {val_count + test_count}"
+            )
         n_train = len(labelled) - val_count - test_count
         dom = mod.upper()
         domains[dom] = [(i, cases[i]["image"], cases[i].get("label")) for i in ids]
-        parts = {"train": labelled[:n_train], "val": labelled[n_train:n_train + val_count],
-                 "test": labelled[n_train + val_count:], "unlabelled": [i for i in ids if i not in labelled]}
+        parts = {
+            "train": labelled[:n_train],
+            "val": labelled[n_train : n_train + val_count],
+            "test": labelled[n_train + val_count :],
+            "unlabelled": [i for i in ids if i not in labelled],
+        }
         splits[dom] = {k: v for k, v in parts.items() if v}
     plan = _Plan(
-        name="mmwhs", labels=label_map, domains=domains, splits=splits,
+        name="mmwhs",
+        labels=label_map,
+        domains=domains,
+        splits=splits,
         preprocessing=Preprocessing(intensity="percentile", target_spacing=(1.25, 1.25), size=(192, 192)),
         description="MM-WHS 2017 (Zhuang & Shen, MedIA 2016; Zhuang et al., MedIA 2019), raw CT/MR volumes.",
     )

@@ -24,8 +24,23 @@ from udavae.errors import UserError
 
 DEFAULT_LABEL_SUFFIX = "_label"
 #: Last name parts that usually mark a label file (compared lower-case, without the separator).
-LABEL_WORDS = ("label", "labels", "lab", "lbl", "labelmap", "gt", "gd", "seg", "segmentation", "mask", "msk", "manual",
-               "annotation", "annot", "roi")
+LABEL_WORDS = (
+    "label",
+    "labels",
+    "lab",
+    "lbl",
+    "labelmap",
+    "gt",
+    "gd",
+    "seg",
+    "segmentation",
+    "mask",
+    "msk",
+    "manual",
+    "annotation",
+    "annot",
+    "roi",
+)
 #: ``val`` / ``test`` value meaning every labelled case not in the other split.
 ALL = "all"
 _TAIL = re.compile(r"^(.+)([_.-][A-Za-z0-9]+)$")
@@ -60,14 +75,17 @@ def natural_key(text: str) -> tuple:
 
 def _nifti_files(folder: Path) -> list[Path]:
     """NIfTI files directly in ``folder`` (hidden files skipped), sorted by name."""
-    return sorted(f for f in folder.iterdir()
-                  if f.name.endswith(NIFTI_SUFFIXES) and not f.name.startswith(".") and f.is_file())
+    return sorted(
+        f for f in folder.iterdir() if f.name.endswith(NIFTI_SUFFIXES) and not f.name.startswith(".") and f.is_file()
+    )
 
 
 def _add(found: dict[str, Path], case_id: str, f: Path) -> None:
     if not case_id or case_id in found:
-        raise UserError(f"{f}: {'empty' if not case_id else 'duplicate'} case id {case_id!r}"
-                        + (f" (also {found[case_id].name})" if case_id in found else ""))
+        raise UserError(
+            f"{f}: {'empty' if not case_id else 'duplicate'} case id {case_id!r}"
+            + (f" (also {found[case_id].name})" if case_id in found else "")
+        )
     found[case_id] = f
 
 
@@ -85,11 +103,14 @@ def scan_folder(src: Path, image_suffix: str = "", label_suffix: str | None = No
     if sub is None:
         return _scan_flat(src, flat, image_suffix, DEFAULT_LABEL_SUFFIX if label_suffix is None else label_suffix)
     if flat:
-        raise UserError(f"{src} holds both NIfTI files ({flat[0].name}, ...) and a subfolder {sub}/; "
-                        f"keep one layout: a flat folder, images/ + labels/, or nnU-Net's imagesTr/ + labelsTr/")
+        raise UserError(
+            f"{src} holds both NIfTI files ({flat[0].name}, ...) and a subfolder {sub}/; "
+            f"keep one layout: a flat folder, images/ + labels/, or nnU-Net's imagesTr/ + labelsTr/"
+        )
     if label_suffix is not None:
-        raise UserError(f"{src}: --label-suffix applies to flat folders only; here labels are found by the "
-                        f"{sub}/ layout")
+        raise UserError(
+            f"{src}: --label-suffix applies to flat folders only; here labels are found by the {sub}/ layout"
+        )
     if sub == "images":
         return _scan_images_labels(src, image_suffix)
     if image_suffix:
@@ -111,14 +132,18 @@ def _scan_flat(src: Path, files: list[Path], image_suffix: str, label_suffix: st
         elif stem.endswith(image_suffix):
             _add(images, stem[: len(stem) - len(image_suffix)], f)
     if not images:
-        raise UserError(f"{src}: no NIfTI images (*{image_suffix}.nii.gz / .nii) found in this folder "
-                        "(nor images/ or nnU-Net imagesTr/ subfolders)")
+        raise UserError(
+            f"{src}: no NIfTI images (*{image_suffix}.nii.gz / .nii) found in this folder "
+            "(nor images/ or nnU-Net imagesTr/ subfolders)"
+        )
     orphans = sorted(labels.keys() - images.keys(), key=natural_key)
     if orphans:
         image_stems = {s: f for s, f in stems.items() if not s.endswith(label_suffix)}
         hint = _image_suffix_hint(orphans, image_stems, image_suffix)
-        raise UserError(f"{src}: label files without an image: {', '.join(labels[i].name for i in orphans)}"
-                        + (f"; {hint}" if hint else ""))
+        raise UserError(
+            f"{src}: label files without an image: {', '.join(labels[i].name for i in orphans)}"
+            + (f"; {hint}" if hint else "")
+        )
     hint = "" if labels else _pair_hint(stems, label_suffix)
     return SourceScan("flat folder", images, labels, label_pattern=f"*{label_suffix}.nii.gz", no_label_hint=hint)
 
@@ -126,7 +151,7 @@ def _scan_flat(src: Path, files: list[Path], image_suffix: str, label_suffix: st
 def _common_tail(ids: Iterable[str], stems: Collection[str]) -> str | None:
     """The ending ``X`` (maybe "") such that ``id + X`` is in ``stems`` for every id, or None."""
     ids = list(ids)
-    counts = Counter(s[len(i):] for i in ids for s in stems if s.startswith(i))
+    counts = Counter(s[len(i) :] for i in ids for s in stems if s.startswith(i))
     return next((tail for tail, _ in counts.most_common() if all(i + tail in stems for i in ids)), None)
 
 
@@ -149,8 +174,7 @@ def _pair_hint(stems: dict[str, Path], label_suffix: str) -> str:
         tail = _common_tail(ids, images)
         if tail is not None:
             flags = f"--label-suffix {lab}" + (f" --image-suffix {tail}" if tail else "")
-            return (f"files look like {images[ids[0] + tail].name} + {stems[ids[0] + lab].name}: "
-                    f"pass {flags}")
+            return f"files look like {images[ids[0] + tail].name} + {stems[ids[0] + lab].name}: pass {flags}"
     return ""
 
 
@@ -174,10 +198,8 @@ def _scan_images_labels(src: Path, image_suffix: str) -> SourceScan:
         else:
             _add(labels, case_id, f)
     if orphans:
-        raise UserError(f"{label_dir}: label files without an image of the same name in images/: "
-                        f"{', '.join(orphans)}")
-    return SourceScan("images/ + labels/", images, labels,
-                      label_pattern=f"{label_dir}/<same name as the image>")
+        raise UserError(f"{label_dir}: label files without an image of the same name in images/: {', '.join(orphans)}")
+    return SourceScan("images/ + labels/", images, labels, label_pattern=f"{label_dir}/<same name as the image>")
 
 
 # --------------------------------------------------------------------------- nnU-Net
@@ -189,8 +211,9 @@ def _nnunet_images(folder: Path) -> dict[str, Path]:
         if not m:
             raise UserError(f"{f}: nnU-Net images must be named <case>_0000.nii.gz")
         if m.group(2) != "0000":
-            raise UserError(f"{f}: channel {m.group(2)} of a multi-channel case; udavae takes one image per "
-                            "case (only _0000 files)")
+            raise UserError(
+                f"{f}: channel {m.group(2)} of a multi-channel case; udavae takes one image per case (only _0000 files)"
+            )
         _add(images, m.group(1), f)
     return images
 
@@ -207,10 +230,17 @@ def _scan_nnunet(src: Path) -> SourceScan:
     labels = {strip_nifti_suffix(f.name): f for f in (_nifti_files(label_dir) if label_dir.is_dir() else [])}
     orphans = sorted(labels.keys() - train.keys())
     if orphans:
-        raise UserError(f"{label_dir}: label files without an image <case>_0000.nii.gz in imagesTr/: "
-                        f"{', '.join(labels[i].name for i in orphans)}")
-    return SourceScan("nnU-Net imagesTr/ + labelsTr/", {**train, **test}, labels, unlabelled_ids=set(test),
-                      label_pattern=f"{label_dir}/<case>.nii.gz")
+        raise UserError(
+            f"{label_dir}: label files without an image <case>_0000.nii.gz in imagesTr/: "
+            f"{', '.join(labels[i].name for i in orphans)}"
+        )
+    return SourceScan(
+        "nnU-Net imagesTr/ + labelsTr/",
+        {**train, **test},
+        labels,
+        unlabelled_ids=set(test),
+        label_pattern=f"{label_dir}/<case>.nii.gz",
+    )
 
 
 # --------------------------------------------------------------------------- labels and splits
@@ -218,16 +248,22 @@ def check_labelled(src: Path, scan: SourceScan, unlabelled: bool, require_labels
     """Label files must exist unless the domain is declared unlabelled (and then must not)."""
     if unlabelled and scan.labels:
         example = next(iter(scan.labels.values()))
-        raise UserError(f"{src}: the domain is declared unlabelled but {len(scan.labels)} label files were found "
-                        f"(e.g. {example}); drop --unlabelled to import them with the images")
+        raise UserError(
+            f"{src}: the domain is declared unlabelled but {len(scan.labels)} label files were found "
+            f"(e.g. {example}); drop --unlabelled to import them with the images"
+        )
     if not unlabelled and not scan.labels:
         hint = f"; {scan.no_label_hint}" if scan.no_label_hint else ""
-        raise UserError(f"{src}: no label files found (looked for {scan.label_pattern}, {scan.layout} layout)"
-                        f"{hint}; for a domain without labels pass --unlabelled")
+        raise UserError(
+            f"{src}: no label files found (looked for {scan.label_pattern}, {scan.layout} layout)"
+            f"{hint}; for a domain without labels pass --unlabelled"
+        )
     missing = sorted(scan.images.keys() - scan.labels.keys() - scan.unlabelled_ids, key=natural_key)
     if require_labels and missing:
-        raise UserError(f"{src}: images without a label file ({scan.label_pattern}): "
-                        f"{', '.join(scan.images[i].name for i in missing)}")
+        raise UserError(
+            f"{src}: images without a label file ({scan.label_pattern}): "
+            f"{', '.join(scan.images[i].name for i in missing)}"
+        )
 
 
 def _split_ids(value: Sequence[str] | str | None) -> list[str] | str:
@@ -238,8 +274,9 @@ def _split_ids(value: Sequence[str] | str | None) -> list[str] | str:
     return list(value)
 
 
-def choose_splits(src: Path, scan: SourceScan, val: Sequence[str] | str | None,
-                  test: Sequence[str] | str | None) -> dict[str, list[str]]:
+def choose_splits(
+    src: Path, scan: SourceScan, val: Sequence[str] | str | None, test: Sequence[str] | str | None
+) -> dict[str, list[str]]:
     """``train`` / ``val`` / ``test`` / ``unlabelled`` case ids (empty splits dropped).
 
     ``val`` / ``test`` name case ids, or :data:`ALL`: every labelled case not named by the other.
@@ -265,6 +302,10 @@ def choose_splits(src: Path, scan: SourceScan, val: Sequence[str] | str | None,
             raise UserError(f"{src}: {what} 'all': no labelled cases left for the {what} split")
     taken = {i for chosen in named.values() for i in chosen}
     rest = [i for i in ids if i not in taken]
-    splits = {"train": [i for i in rest if i not in scan.unlabelled_ids], "val": named["val"],
-              "test": named["test"], "unlabelled": [i for i in rest if i in scan.unlabelled_ids]}
+    splits = {
+        "train": [i for i in rest if i not in scan.unlabelled_ids],
+        "val": named["val"],
+        "test": named["test"],
+        "unlabelled": [i for i in rest if i in scan.unlabelled_ids],
+    }
     return {k: v for k, v in splits.items() if v}

@@ -93,7 +93,7 @@ def file_zooms(img: nib.Nifti1Image, path: Path) -> tuple[float, ...]:
     try:
         with nib.openers.ImageOpener(str(path)) as f:
             raw = type(img.header).from_fileobj(f, check=False)
-        pixdim = raw["pixdim"][1:1 + len(img.header.get_zooms())]
+        pixdim = raw["pixdim"][1 : 1 + len(img.header.get_zooms())]
         return tuple(abs(float(z)) for z in pixdim)
     except Exception:  # an odd header: keep what nibabel read (the data read reports real corruption)
         return tuple(float(z) for z in img.header.get_zooms())
@@ -105,8 +105,10 @@ def spacing_problem(spacing: tuple[float, ...]) -> str | None:
     if all(np.isfinite(v) and 0 < v <= MAX_SPACING_MM for v in values):
         return None
     shown = ", ".join(f"{v:g}" for v in values)
-    return (f"implausible voxel spacing ({shown}) mm: every side must be > 0 and <= {MAX_SPACING_MM:g} mm "
-            "(fix the header's pixdim)")
+    return (
+        f"implausible voxel spacing ({shown}) mm: every side must be > 0 and <= {MAX_SPACING_MM:g} mm "
+        "(fix the header's pixdim)"
+    )
 
 
 def load_volume(path: str | Path, dtype: type | None = np.float32, require_3d: bool = True) -> Volume:
@@ -132,8 +134,13 @@ def load_volume(path: str | Path, dtype: type | None = np.float32, require_3d: b
     if problem:
         raise GeometryError(f"{path}: {problem}")
     spacing = (zooms + (1.0, 1.0, 1.0))[:3]
-    return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), spacing=spacing,  # type: ignore[arg-type]
-                  header=img.header, path=path)
+    return Volume(
+        data=data,
+        affine=np.asarray(img.affine, dtype=np.float64),
+        spacing=spacing,  # type: ignore[arg-type]
+        header=img.header,
+        path=path,
+    )
 
 
 def save_like(data: np.ndarray, reference: Volume, path: str | Path, dtype: type = np.int16) -> Path:
@@ -149,8 +156,9 @@ def save_like(data: np.ndarray, reference: Volume, path: str | Path, dtype: type
     return path
 
 
-def save_all_like(volumes: Sequence[tuple[np.ndarray, str | Path, type]], reference: Volume,
-                  remove: Sequence[Path] = ()) -> list[Path]:
+def save_all_like(
+    volumes: Sequence[tuple[np.ndarray, str | Path, type]], reference: Volume, remove: Sequence[Path] = ()
+) -> list[Path]:
     """Write several ``(data, path, dtype)`` volumes like ``reference`` as one unit (a mask and its map).
 
     Every volume is written to a temporary file first; only then are the files in ``remove`` deleted (e.g. the
@@ -186,8 +194,13 @@ def _image_like(data: np.ndarray, reference: Volume, path: Path, dtype: type) ->
     return img
 
 
-def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path, spacing: tuple[float, ...] | None = None,
-                dtype: type | None = None) -> Path:
+def save_volume(
+    data: np.ndarray,
+    affine: np.ndarray,
+    path: str | Path,
+    spacing: tuple[float, ...] | None = None,
+    dtype: type | None = None,
+) -> Path:
     """Write a new NIfTI volume (no reference header), atomically."""
     path = Path(path)
     arr = np.asarray(data, dtype=dtype) if dtype is not None else np.asarray(data)

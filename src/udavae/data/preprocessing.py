@@ -78,7 +78,8 @@ class Preprocessing:
             self.target_spacing = tuple(float(s) for s in self.target_spacing)  # type: ignore[assignment]
             if len(self.target_spacing) != 2 or min(self.target_spacing) <= 0:
                 raise ValueError(
-                    f"preprocessing.target_spacing must be two positive numbers, got {self.target_spacing}")
+                    f"preprocessing.target_spacing must be two positive numbers, got {self.target_spacing}"
+                )
 
     # ------------------------------------------------------------------ serialise
     def to_dict(self) -> dict[str, Any]:
@@ -130,8 +131,10 @@ class Preprocessing:
         resampled = self._resampled_shape((x, y), spacing)
         if max(resampled) > MAX_SIDE:
             how = f"resampled to {list(self.target_spacing)} mm" if self.target_spacing else f"zoomed by {self.zoom:g}"
-            raise ValueError(f"a {x}x{y} slice with spacing ({', '.join(f'{v:g}' for v in spacing[:2])}) mm "
-                             f"{how} would be {resampled[0]}x{resampled[1]} pixels, over the limit of {MAX_SIDE}")
+            raise ValueError(
+                f"a {x}x{y} slice with spacing ({', '.join(f'{v:g}' for v in spacing[:2])}) mm "
+                f"{how} would be {resampled[0]}x{resampled[1]} pixels, over the limit of {MAX_SIDE}"
+            )
         return Geometry(shape=(x, y, z), resampled=resampled)
 
     def network_size(self, geom: Geometry, whole: bool = False) -> tuple[int, int]:
@@ -140,8 +143,9 @@ class Preprocessing:
             return self.size
         return max(self.size[0], geom.resampled[0]), max(self.size[1], geom.resampled[1])
 
-    def image(self, volume: np.ndarray, spacing: tuple[float, ...],
-              whole: bool = False) -> tuple[torch.Tensor, Geometry]:
+    def image(
+        self, volume: np.ndarray, spacing: tuple[float, ...], whole: bool = False
+    ) -> tuple[torch.Tensor, Geometry]:
         """Preprocess an image volume (x, y, z) -> float32 slices (z, H, W) in [0, 1].
 
         ``whole``: pad to at least ``size`` but never crop (prediction); else centre-crop / pad to ``size``.
@@ -149,8 +153,9 @@ class Preprocessing:
         geom = self.geometry(volume.shape, spacing)
         slices = torch.from_numpy(np.ascontiguousarray(self.normalize(volume).transpose(2, 0, 1)))
         if geom.resampled != tuple(slices.shape[1:]):
-            slices = F.interpolate(slices[:, None], size=geom.resampled, mode="bilinear",
-                                   align_corners=False, antialias=True)[:, 0].clamp_(0, 1)
+            slices = F.interpolate(
+                slices[:, None], size=geom.resampled, mode="bilinear", align_corners=False, antialias=True
+            )[:, 0].clamp_(0, 1)
         return crop_or_pad(slices, self.network_size(geom, whole)), geom
 
     def _resampled_label(self, classes: np.ndarray, spacing: tuple[float, ...]) -> tuple[torch.Tensor, Geometry]:
@@ -158,8 +163,9 @@ class Preprocessing:
         geom = self.geometry(classes.shape, spacing)
         slices = torch.from_numpy(np.ascontiguousarray(np.asarray(classes, dtype=np.uint8).transpose(2, 0, 1)))
         if geom.resampled != tuple(slices.shape[1:]):
-            slices = F.interpolate(slices[:, None].float(), size=geom.resampled,
-                                   mode="nearest-exact")[:, 0].to(torch.uint8)
+            slices = F.interpolate(slices[:, None].float(), size=geom.resampled, mode="nearest-exact")[:, 0].to(
+                torch.uint8
+            )
         return slices, geom
 
     def label(self, classes: np.ndarray, spacing: tuple[float, ...], whole: bool = False) -> torch.Tensor:
@@ -204,7 +210,7 @@ def crop_or_pad(slices: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     (sh, th), (sw, tw) = _offsets(h, size[0]), _offsets(w, size[1])
     lh, lw = min(h, size[0]), min(w, size[1])
     out = slices.new_zeros((z, *size))
-    out[:, th:th + lh, tw:tw + lw] = slices[:, sh:sh + lh, sw:sw + lw]
+    out[:, th : th + lh, tw : tw + lw] = slices[:, sh : sh + lh, sw : sw + lw]
     return out
 
 
@@ -219,5 +225,5 @@ def uncrop_or_unpad(x: torch.Tensor, shape: tuple[int, int], fill_channel0: floa
     lh, lw = min(h, shape[0]), min(w, shape[1])
     out = x.new_zeros((z, c, *shape))
     out[:, 0] = fill_channel0
-    out[:, :, th:th + lh, tw:tw + lw] = x[:, :, sh:sh + lh, sw:sw + lw]
+    out[:, :, th : th + lh, tw : tw + lw] = x[:, :, sh : sh + lh, sw : sw + lw]
     return out

@@ -39,8 +39,15 @@ class SliceCropDataset(Dataset):
             from the crop's own seeded stream; None for none.
     """
 
-    def __init__(self, stack: SliceStack, crop: int, jitter: int, seed: int, augment: bool = False,
-                 crop_augment: CropAugment | None = None) -> None:
+    def __init__(
+        self,
+        stack: SliceStack,
+        crop: int,
+        jitter: int,
+        seed: int,
+        augment: bool = False,
+        crop_augment: CropAugment | None = None,
+    ) -> None:
         h, w = stack.images.shape[1:]
         if crop > min(h, w):
             raise ValueError(f"crop {crop} is larger than the prepared slices ({h}x{w})")
@@ -73,8 +80,9 @@ class SliceCropDataset(Dataset):
         return item
 
 
-def _augment(image: torch.Tensor, label: torch.Tensor | None,
-             rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _augment(
+    image: torch.Tensor, label: torch.Tensor | None, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Flips, rot90 (geometry, applied to both) and gamma in [0.7, 1.5] (intensity only)."""
     k = int(rng.integers(0, 4))
     flip = bool(rng.integers(0, 2))
@@ -120,8 +128,9 @@ class StreamSampler(Sampler):
     ``B``. ``start_batch`` skips whole global batches (resume).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_batch: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         if n < 1:
             raise ValueError("cannot sample from an empty set of slices")
         self.n, self.batch_size, self.seed = n, batch_size, seed
@@ -146,14 +155,26 @@ class StreamSampler(Sampler):
         return 2**62
 
 
-def make_loader(dataset: SliceCropDataset, batch_size: int, start_batch: int = 0, num_workers: int = 0,
-                rank: int = 0, world_size: int = 1,
-                pin_memory: bool = False) -> Iterator[dict[str, list[torch.Tensor]]]:
+def make_loader(
+    dataset: SliceCropDataset,
+    batch_size: int,
+    start_batch: int = 0,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> Iterator[dict[str, list[torch.Tensor]]]:
     """An endless iterator of multi-scale batches starting at global batch ``start_batch``."""
     sampler = StreamSampler(len(dataset), batch_size, dataset.seed, start_batch, rank, world_size)
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers,
-        pin_memory=pin_memory, persistent_workers=False, generator=torch.Generator().manual_seed(dataset.seed),
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(dataset.seed),
         prefetch_factor=4 if num_workers else None,
     )
     return iter(loader)

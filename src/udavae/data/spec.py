@@ -77,8 +77,9 @@ class LabelMap:
             raise ValueError(f"codes {sorted(clash)} are both structures and background")
 
     @classmethod
-    def from_structures(cls, structures: Mapping[str, int | Sequence[int]],
-                        background_codes: Sequence[int] = (0,)) -> LabelMap:
+    def from_structures(
+        cls, structures: Mapping[str, int | Sequence[int]], background_codes: Sequence[int] = (0,)
+    ) -> LabelMap:
         """Build a map from ``{name: code}`` or ``{name: [primary, *extra]}`` (the first code is primary).
 
         Raises:
@@ -162,8 +163,7 @@ class LabelMap:
         background = d.get("background_codes", [0])
         if not isinstance(background, list):
             raise TypeError("'labels.background_codes' must be a list of codes")
-        structures = {str(k): [_code(c) for c in v] if isinstance(v, list) else _code(v)
-                      for k, v in d["codes"].items()}
+        structures = {str(k): [_code(c) for c in v] if isinstance(v, list) else _code(v) for k, v in d["codes"].items()}
         return cls.from_structures(structures, [_code(c) for c in background])
 
 
@@ -244,12 +244,13 @@ class DatasetSpec:
                 name=str(d["name"]),
                 labels=LabelMap.from_dict(d["labels"]),
                 domains={
-                    str(dom): [Case(id=str(c["id"]), image=str(c["image"]), label=c.get("label"))
-                               for c in cases]
+                    str(dom): [Case(id=str(c["id"]), image=str(c["image"]), label=c.get("label")) for c in cases]
                     for dom, cases in d["domains"].items()
                 },
-                splits={str(k): {str(s): [str(i) for i in ids] for s, ids in v.items()}
-                        for k, v in d.get("splits", {}).items()},
+                splits={
+                    str(k): {str(s): [str(i) for i in ids] for s, ids in v.items()}
+                    for k, v in d.get("splits", {}).items()
+                },
                 preprocessing=Preprocessing.from_dict(d.get("preprocessing", {})),
                 description=str(d.get("description", "")),
                 root=root,
@@ -272,8 +273,10 @@ class DatasetSpec:
 
     def validate(self, source: str = SPEC_FILE) -> None:
         """Structural checks of the description (not of the files: see :mod:`udavae.data.check`)."""
-        bad = unsafe_names({d: [c.id for c in cases] for d, cases in self.domains.items()},
-                           {d: list(s) for d, s in self.splits.items()})
+        bad = unsafe_names(
+            {d: [c.id for c in cases] for d, cases in self.domains.items()},
+            {d: list(s) for d, s in self.splits.items()},
+        )
         if bad:
             raise DataError(unsafe_names_message(source, bad))
         for dom, cases in self.domains.items():
@@ -309,8 +312,10 @@ def unsafe_names(domains: Mapping[str, Sequence[str]], splits: Mapping[str, Sequ
 def unsafe_names_message(source: str | Path, bad: list[str]) -> str:
     """One line naming the file and every unsafe entry (at most ten shown)."""
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-    return (f"{source}: names that would leave their folder or are not portable file names: "
-            f"{', '.join(bad[:10])}{more}; use {SAFE_NAME_RULE}")
+    return (
+        f"{source}: names that would leave their folder or are not portable file names: "
+        f"{', '.join(bad[:10])}{more}; use {SAFE_NAME_RULE}"
+    )
 
 
 def case_relpaths(domain: str, case_id: str, suffix: str = ".nii.gz") -> tuple[str, str]:

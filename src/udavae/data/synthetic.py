@@ -71,12 +71,24 @@ class DomainStyle:
 STYLES: dict[str, DomainStyle] = {
     SOURCE: DomainStyle(
         lut=(0.00, 0.30, 0.80, 0.06, 0.38, 0.45, 0.88, 0.24, 0.90, 0.86, 0.30, 0.30),
-        spacing=(1.25, 1.25, 10.0), euler_deg=(-35.0, 25.0, 10.0), zoom=1.0,
-        blur=0.35, noise=0.025, bias=0.08, gamma=1.0),
+        spacing=(1.25, 1.25, 10.0),
+        euler_deg=(-35.0, 25.0, 10.0),
+        zoom=1.0,
+        blur=0.35,
+        noise=0.025,
+        bias=0.08,
+        gamma=1.0,
+    ),
     TARGET: DomainStyle(
         lut=(0.03, 0.42, 0.75, 0.08, 0.45, 0.50, 0.40, 0.10, 0.40, 0.38, 0.12, 0.12),
-        spacing=(0.8, 0.8, 5.0), euler_deg=(-30.0, 30.0, 0.0), zoom=1.1,
-        blur=0.9, noise=0.06, bias=0.30, gamma=1.3),
+        spacing=(0.8, 0.8, 5.0),
+        euler_deg=(-30.0, 30.0, 0.0),
+        zoom=1.1,
+        blur=0.9,
+        noise=0.06,
+        bias=0.30,
+        gamma=1.3,
+    ),
 }
 
 
@@ -90,8 +102,9 @@ class PhantomCase:
     spacing: tuple[float, float, float]
 
 
-def _quadric(X: np.ndarray, Y: np.ndarray, cx: np.ndarray, cy: np.ndarray, a: np.ndarray, b: np.ndarray,
-             theta: np.ndarray) -> np.ndarray:
+def _quadric(
+    X: np.ndarray, Y: np.ndarray, cx: np.ndarray, cy: np.ndarray, a: np.ndarray, b: np.ndarray, theta: np.ndarray
+) -> np.ndarray:
     """Ellipse membership on the grid, one ellipse per slice (params broadcast as (S, 1, 1)).
 
     The quadratic form is expanded so that only four full-size array operations are needed.
@@ -113,7 +126,7 @@ def _draw_tissues(rng: np.random.Generator, size: int, slices: int, zoom: float)
     """Random anatomy as a super-resolved tissue map (S, size*F, size*F) uint8."""
     sc = size / 96 * zoom
     n = size * SUPERSAMPLE
-    xs = ((np.arange(n, dtype=np.float32) + 0.5) / SUPERSAMPLE)
+    xs = (np.arange(n, dtype=np.float32) + 0.5) / SUPERSAMPLE
     X, Y = xs[None, :, None], xs[None, None, :]
     t = np.linspace(0.0, 1.0, slices) if slices > 1 else np.array([0.4])  # 0 = base, 1 = apex
 
@@ -135,15 +148,21 @@ def _draw_tissues(rng: np.random.Generator, size: int, slices: int, zoom: float)
     w_rv = w_rv0 * np.clip(1.0 - (t / rng.uniform(0.7, 1.1)) ** 2, 0.0, 1.0)
     rv_on = w_rv > 0.8 * sc
 
-    def ell(cxy: np.ndarray, a: np.ndarray | float, b: np.ndarray | float, th: np.ndarray | float,
-            on: np.ndarray | None = None) -> np.ndarray:
+    def ell(
+        cxy: np.ndarray,
+        a: np.ndarray | float,
+        b: np.ndarray | float,
+        th: np.ndarray | float,
+        on: np.ndarray | None = None,
+    ) -> np.ndarray:
         cxy = np.broadcast_to(cxy, (slices, 2)).astype(np.float32)
         a, b = np.broadcast_to(a, (slices,)).copy(), np.broadcast_to(b, (slices,)).copy()
         if on is not None:  # an absent ellipse: tiny and far away
             a[~on], b[~on] = 1e-3, 1e-3
             cxy = np.where(on[:, None], cxy, -1e4)
-        return _quadric(X, Y, _col(cxy[:, 0], slices), _col(cxy[:, 1], slices), _col(a, slices),
-                        _col(b, slices), _col(th, slices))
+        return _quadric(
+            X, Y, _col(cxy[:, 0], slices), _col(cxy[:, 1], slices), _col(a, slices), _col(b, slices), _col(th, slices)
+        )
 
     tissue = np.full((slices, n, n), AIR, dtype=np.uint8)
 
@@ -197,8 +216,7 @@ def _bias_field(rng: np.random.Generator, size: int, slices: int, spread: float)
     x, y = g[None, :, None], g[None, None, :]
     z = np.linspace(-1.0, 1.0, slices, dtype=np.float32)[:, None, None]
     k = rng.normal(0.0, spread, 6).astype(np.float32)
-    return np.exp(k[0] * x + k[1] * y + k[2] * x * y + k[3] * (x * x - 0.3) + k[4] * (y * y - 0.3)
-                  + 0.3 * k[5] * z)
+    return np.exp(k[0] * x + k[1] * y + k[2] * x * y + k[3] * (x * x - 0.3) + k[4] * (y * y - 0.3) + 0.3 * k[5] * z)
 
 
 def _render_intensities(tissue: np.ndarray, style: DomainStyle, rng: np.random.Generator) -> np.ndarray:
@@ -230,8 +248,9 @@ def _euler(deg: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _geometry(rng: np.random.Generator, style: DomainStyle,
-              shape: tuple[int, int, int]) -> tuple[np.ndarray, tuple[float, float, float]]:
+def _geometry(
+    rng: np.random.Generator, style: DomainStyle, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Oblique voxel-to-world affine and spacing of a case (nominal domain geometry, jittered)."""
     inplane = round(style.spacing[0] * rng.uniform(0.95, 1.05), 4)
     spacing = (inplane, inplane, style.spacing[2])
@@ -258,12 +277,23 @@ def render_case(domain: str, index: int, seed: int = 0, size: int = 96, slices: 
     c = SUPERSAMPLE // 2
     label = LABEL_OF[tissue[:, c::SUPERSAMPLE, c::SUPERSAMPLE]]
     affine, spacing = _geometry(rng, style, (size, size, slices))
-    return PhantomCase(image=np.ascontiguousarray(image.transpose(1, 2, 0)),
-                       label=np.ascontiguousarray(label.transpose(1, 2, 0)), affine=affine, spacing=spacing)
+    return PhantomCase(
+        image=np.ascontiguousarray(image.transpose(1, 2, 0)),
+        label=np.ascontiguousarray(label.transpose(1, 2, 0)),
+        affine=affine,
+        spacing=spacing,
+    )
 
 
-def generate_dataset(out: str | Path, n_source: int = 12, n_target: int = 12, size: int = 96, slices: int = 8,
-                     seed: int = 0, n_val: int = 3) -> DatasetSpec:
+def generate_dataset(
+    out: str | Path,
+    n_source: int = 12,
+    n_target: int = 12,
+    size: int = 96,
+    slices: int = 8,
+    seed: int = 0,
+    n_val: int = 3,
+) -> DatasetSpec:
     """Write a synthetic two-domain dataset in the canonical layout and return its spec.
 
     Splits: ``C0: {train: all}``, ``LGE: {val: first n_val, test: the rest}``; both domains carry
@@ -295,12 +325,16 @@ def generate_dataset(out: str | Path, n_source: int = 12, n_target: int = 12, si
         name="synthetic-cmr",
         labels=LABELS,
         domains=domains,
-        splits={SOURCE: {"train": [c.id for c in domains[SOURCE]]},
-                TARGET: {"val": target_ids[:n_val], "test": target_ids[n_val:]}},
+        splits={
+            SOURCE: {"train": [c.id for c in domains[SOURCE]]},
+            TARGET: {"val": target_ids[:n_val], "test": target_ids[n_val:]},
+        },
         preprocessing=Preprocessing(intensity="percentile", size=(size, size)),
-        description=(f"Synthetic short-axis cardiac MR phantoms (seed {seed}): bSSFP-like source C0, "
-                     "contrast-remapped target LGE (myocardium brighter than blood, bias field, noise); "
-                     "cases are unpaired across domains; slice 0 is basal."),
+        description=(
+            f"Synthetic short-axis cardiac MR phantoms (seed {seed}): bSSFP-like source C0, "
+            "contrast-remapped target LGE (myocardium brighter than blood, bias field, noise); "
+            "cases are unpaired across domains; slice 0 is basal."
+        ),
         root=root,
     )
     spec.save(root)

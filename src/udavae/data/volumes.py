@@ -62,8 +62,9 @@ def load_image(path: str | Path, prep: Preprocessing, whole: bool = True) -> tup
     return vol, image, geom
 
 
-def load_case(spec: DatasetSpec, case: Case, prep: Preprocessing, labels: LabelMap,
-              with_label: bool = True, whole: bool = False) -> LoadedCase:
+def load_case(
+    spec: DatasetSpec, case: Case, prep: Preprocessing, labels: LabelMap, with_label: bool = True, whole: bool = False
+) -> LoadedCase:
     """Read, check and preprocess one case (image and, if asked and present, its label).
 
     ``whole``: keep whole slices (cases that are predicted: validation, evaluation); default the training crop.
@@ -79,9 +80,15 @@ def load_case(spec: DatasetSpec, case: Case, prep: Preprocessing, labels: LabelM
     return LoadedCase(case.id, image, label, geom, native, vol.spacing, vol)
 
 
-def load_cases(spec: DatasetSpec, cases: list[Case], prep: Preprocessing | None = None,
-               with_labels: bool = True, desc: str = "loading", workers: int = 2,
-               whole: bool = False) -> list[LoadedCase]:
+def load_cases(
+    spec: DatasetSpec,
+    cases: list[Case],
+    prep: Preprocessing | None = None,
+    with_labels: bool = True,
+    desc: str = "loading",
+    workers: int = 2,
+    whole: bool = False,
+) -> list[LoadedCase]:
     """Load several cases in parallel threads (gzip inflation releases the GIL), in order.
 
     ``whole``: whole slices for cases that are predicted (sizes then differ between cases); default the

@@ -38,8 +38,15 @@ class Predictor:
         channels_last: NHWC inputs.
     """
 
-    def __init__(self, net: nn.Module, prep: Preprocessing, device: torch.device, batch_size: int = 16,
-                 amp: str = "none", channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        prep: Preprocessing,
+        device: torch.device,
+        batch_size: int = 16,
+        amp: str = "none",
+        channels_last: bool = False,
+    ) -> None:
         self.net, self.prep, self.device = net, prep, device
         self.batch_size, self.amp, self.channels_last = max(1, batch_size), amp, channels_last
 
@@ -60,7 +67,7 @@ class Predictor:
         try:
             out = []
             for start in range(0, slices.shape[0], self.batch_size):
-                x = slices[start:start + self.batch_size, None].to(self.device, non_blocking=True)
+                x = slices[start : start + self.batch_size, None].to(self.device, non_blocking=True)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 acc = None

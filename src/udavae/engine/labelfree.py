@@ -68,14 +68,27 @@ class CaseScores:
         return row
 
 
-def case_scores(predictor, case: LoadedCase, class_names: Mapping[int, str],  # noqa: ANN001 (engine Predictor)
-                tta: bool = True, seed: int = 0) -> CaseScores:
+def case_scores(
+    predictor,
+    case: LoadedCase,
+    class_names: Mapping[int, str],  # noqa: ANN001 (engine Predictor)
+    tta: bool = True,
+    seed: int = 0,
+) -> CaseScores:
     """The label-free scores of ``predictor`` on one loaded case (its label, if any, is not read)."""
     return image_scores(predictor, case.id, case.image, case.geometry, case.spacing, class_names, tta, seed)
 
 
-def image_scores(predictor, case_id: str, image: torch.Tensor, geometry, spacing,  # noqa: ANN001
-                 class_names: Mapping[int, str], tta: bool = True, seed: int = 0) -> CaseScores:
+def image_scores(
+    predictor,
+    case_id: str,
+    image: torch.Tensor,
+    geometry,
+    spacing,  # noqa: ANN001
+    class_names: Mapping[int, str],
+    tta: bool = True,
+    seed: int = 0,
+) -> CaseScores:
     """The label-free scores of ``predictor`` on preprocessed slices ``image`` (z, H, W) of one scan.
 
     Args:
@@ -107,8 +120,16 @@ def image_scores(predictor, case_id: str, image: torch.Tensor, geometry, spacing
         snd = soft_neighbourhood_density(flat[pick].numpy())
     voxel_ml = float(np.prod(spacing)) / 1000.0
     volumes = {name: float((native == i).sum()) * voxel_ml for i, name in class_names.items() if i > 0}
-    return CaseScores(case_id, mean_entropy(probs.numpy(), axis=1), float(np.mean(agreements)) if agreements
-                      else float("nan"), share, int(bad), snd, volumes, native)
+    return CaseScores(
+        case_id,
+        mean_entropy(probs.numpy(), axis=1),
+        float(np.mean(agreements)) if agreements else float("nan"),
+        share,
+        int(bad),
+        snd,
+        volumes,
+        native,
+    )
 
 
 def summarize_scores(scores: Iterable[CaseScores]) -> dict[str, float]:

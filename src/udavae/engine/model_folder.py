@@ -57,8 +57,9 @@ _CHECKPOINT_RE = re.compile(r"^(best|last|ema|epoch_\d{3}(_ema)?)$")
 def checkpoint_path(run: Path, which: str) -> Path:
     """``RUN/checkpoints/<which>.pt`` (``which``: best, last, ema, epoch_NNN or epoch_NNN_ema)."""
     if not _CHECKPOINT_RE.match(which):
-        raise UserError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, epoch_NNN or epoch_NNN_ema, "
-                        f"got {which!r}")
+        raise UserError(
+            f"checkpoint must be one of {', '.join(CHECKPOINTS)}, epoch_NNN or epoch_NNN_ema, got {which!r}"
+        )
     return checkpoint_file(run, which)
 
 
@@ -108,8 +109,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             torch.save(state, tmp)
         except RuntimeError as exc:
             reason = (str(exc).strip().splitlines() or ["write failed"])[-1]
-            raise UserError(f"cannot write checkpoint {path}: {reason} (is the disk full, or a file size limit "
-                            "set?); the checkpoint there (if any) is unchanged") from None
+            raise UserError(
+                f"cannot write checkpoint {path}: {reason} (is the disk full, or a file size limit "
+                "set?); the checkpoint there (if any) is unchanged"
+            ) from None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -122,9 +125,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except pickle.UnpicklingError as exc:
         # torch's message suggests weights_only=False; name only what was refused (e.g. "GLOBAL posix.system").
         what = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln), "")
-        raise UserError(f"checkpoint {path} holds Python objects other than weights and plain data and is refused, "
-                        "as loading them could run code (not a udavae checkpoint, or altered)"
-                        + (f": {what}" if what else "")) from None
+        raise UserError(
+            f"checkpoint {path} holds Python objects other than weights and plain data and is refused, "
+            "as loading them could run code (not a udavae checkpoint, or altered)" + (f": {what}" if what else "")
+        ) from None
     except Exception as exc:  # pickle / zip errors come in many types
         raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc})") from None
 
@@ -166,8 +170,13 @@ class ModelInfo:
         """
         if not isinstance(d, dict):
             raise TypeError(f"the top level must be an object, got {type(d).__name__}")
-        for key, kind in (("labels", dict), ("preprocessing", dict), ("dataset", dict), ("source", str),
-                          ("target", str)):
+        for key, kind in (
+            ("labels", dict),
+            ("preprocessing", dict),
+            ("dataset", dict),
+            ("source", str),
+            ("target", str),
+        ):
             if not isinstance(d[key], kind):
                 raise TypeError(f"{key!r} must be {'an object' if kind is dict else 'a string'}, got {d[key]!r}")
         dataset = d["dataset"]
@@ -176,8 +185,14 @@ class ModelInfo:
         for key in ("source", "target"):
             if not is_safe_name(d[key]):
                 raise ValueError(f"{key} domain {d[key]!r} is not a safe name ({SAFE_NAME_RULE})")
-        return cls(labels=LabelMap.from_dict(d["labels"]), preprocessing=Preprocessing.from_dict(d["preprocessing"]),
-                   dataset_name=dataset["name"], dataset_path=dataset["path"], source=d["source"], target=d["target"])
+        return cls(
+            labels=LabelMap.from_dict(d["labels"]),
+            preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+            dataset_name=dataset["name"],
+            dataset_path=dataset["path"],
+            source=d["source"],
+            target=d["target"],
+        )
 
 
 def write_model_folder(run: Path, cfg: Config, info: ModelInfo) -> None:
@@ -245,12 +260,15 @@ def check_new_run_folder(run: str | Path) -> None:
     others = sorted(p.name for p in run.iterdir() if not _left_by_udavae(p))
     if others and not is_run_folder(run):
         shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
-        raise UserError(f"--out {run} is not empty ({shown}) and is not a udavae model folder (no {MODEL_FILE} "
-                        "written by udavae); training would overwrite files there: choose a new or empty folder")
+        raise UserError(
+            f"--out {run} is not empty ({shown}) and is not a udavae model folder (no {MODEL_FILE} "
+            "written by udavae); training would overwrite files there: choose a new or empty folder"
+        )
 
 
-def load_trained(run: str | Path, checkpoint: str = SELECTED,
-                 device: str | torch.device = "cpu") -> tuple[Config, ModelInfo, udavae.methods.UDAMethod, dict]:
+def load_trained(
+    run: str | Path, checkpoint: str = SELECTED, device: str | torch.device = "cpu"
+) -> tuple[Config, ModelInfo, udavae.methods.UDAMethod, dict]:
     """Rebuild the trained method of a model folder, weights loaded, in eval mode.
 
     Returns:
@@ -330,8 +348,13 @@ class TrainedModel:
         return load_postprocessing(self.run, self.checkpoint)
 
 
-def open_model(run: str | Path, checkpoint: str = SELECTED, device: str | torch.device = "auto", batch_size: int = 16,
-               amp: str | None = None) -> TrainedModel:
+def open_model(
+    run: str | Path,
+    checkpoint: str = SELECTED,
+    device: str | torch.device = "auto",
+    batch_size: int = 16,
+    amp: str | None = None,
+) -> TrainedModel:
     """Load a model folder and a predictor for it (``amp`` None: the precision the model trained in).
 
     Args:

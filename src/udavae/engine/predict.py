@@ -18,8 +18,16 @@ from tqdm.auto import tqdm
 
 from udavae.errors import DataError, UserError
 
-__all__ = ["PredictResult", "check_plan", "find_bad_inputs", "input_files", "output_plan", "plan_outputs",
-           "predict_files", "predict_folder"]
+__all__ = [
+    "PredictResult",
+    "check_plan",
+    "find_bad_inputs",
+    "input_files",
+    "output_plan",
+    "plan_outputs",
+    "predict_files",
+    "predict_folder",
+]
 
 
 @dataclass
@@ -85,8 +93,10 @@ def file_keys(path: Path) -> set[object]:
 def check_plan(inp: Path, plan: dict[Path, tuple[Path, Path]], out: Path, samples: int) -> None:
     """Refuse outputs that would overwrite (or, for stale uncertainty maps, delete) an input, or each other."""
     if inp.is_dir() and file_keys(out) & file_keys(inp):
-        raise UserError(f"output folder {out} is the input folder {inp}: the masks would overwrite the input "
-                        "images; choose another output folder")
+        raise UserError(
+            f"output folder {out} is the input folder {inp}: the masks would overwrite the input "
+            "images; choose another output folder"
+        )
     inputs = {key: f for f in plan for key in file_keys(f)}
     for q in (q for paths in plan.values() for q in paths):
         clash = next((inputs[key] for key in file_keys(q) if key in inputs), None)
@@ -124,8 +134,16 @@ def find_bad_inputs(files: list[Path], prep) -> dict[Path, str]:  # noqa: ANN001
     return bad
 
 
-def predict_files(files: list[Path], plan: dict[Path, tuple[Path, Path]], predictor, labels,  # noqa: ANN001
-                   prep, samples: int, pp=None, qc_rows: list | None = None) -> list[Path]:  # noqa: ANN001
+def predict_files(
+    files: list[Path],
+    plan: dict[Path, tuple[Path, Path]],
+    predictor,
+    labels,  # noqa: ANN001
+    prep,
+    samples: int,
+    pp=None,
+    qc_rows: list | None = None,
+) -> list[Path]:  # noqa: ANN001
     """Write the mask (and uncertainty map) of each file; return the stale uncertainty maps removed.
 
     ``qc_rows``: when a list, each file's label-free scores (``udavae.engine.labelfree``) are appended to it.
@@ -155,8 +173,9 @@ def predict_files(files: list[Path], plan: dict[Path, tuple[Path, Path]], predic
         if qc_rows is not None:
             from udavae.engine.labelfree import image_scores
 
-            scores = image_scores(predictor, mask.name.removesuffix(".nii.gz"), slices, geom, vol.spacing,
-                                  labels.class_names)
+            scores = image_scores(
+                predictor, mask.name.removesuffix(".nii.gz"), slices, geom, vol.spacing, labels.class_names
+            )
             qc_rows.append({**scores.to_row(), "input": str(f), "mask": str(mask)})
     return removed
 
@@ -179,8 +198,15 @@ def plan_outputs(inp: str | Path, out: str | Path, samples: int = 1) -> tuple[li
     return files, plan
 
 
-def predict_folder(model, inp: str | Path, out: str | Path, samples: int = 1, skip_bad: bool = False,  # noqa: ANN001
-                   postprocess: bool = True, qc: bool = True) -> PredictResult:
+def predict_folder(
+    model,
+    inp: str | Path,
+    out: str | Path,
+    samples: int = 1,
+    skip_bad: bool = False,  # noqa: ANN001
+    postprocess: bool = True,
+    qc: bool = True,
+) -> PredictResult:
     """Segment the NIfTI file or folder ``inp`` into ``out`` with a loaded model (``TrainedModel``).
 
     Args:
@@ -203,8 +229,11 @@ def predict_folder(model, inp: str | Path, out: str | Path, samples: int = 1, sk
     good = [f for f in files if f not in bad]
     if bad and not (skip_bad and good):
         hint = "; --skip-bad segments the others" if good else ""
-        raise DataError(f"{len(bad)} of {len(files)} input(s) cannot be segmented, nothing written: "
-                        + "; ".join(bad.values()) + hint)
+        raise DataError(
+            f"{len(bad)} of {len(files)} input(s) cannot be segmented, nothing written: "
+            + "; ".join(bad.values())
+            + hint
+        )
     pp = model.postprocessing() if postprocess else None
     folder = ensure_writable_dir(Path(out))
     remove_stale_temporaries(folder, min_age_s=STALE_TEMP_AGE_S)  # left by a killed predict

@@ -74,8 +74,10 @@ def slow_amp_warning(device: torch.device, amp: str) -> str | None:
     12x slower than fp32 for a udavae++ step on a 2-core AMD EPYC without AVX-512).
     """
     if device.type == "cpu" and amp == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return ("warning: runtime.amp=bf16 on a CPU without native bf16 (AVX512-BF16 / AMX): bf16 is emulated "
-                "here and about 12x slower than float32; use --amp none")
+        return (
+            "warning: runtime.amp=bf16 on a CPU without native bf16 (AVX512-BF16 / AMX): bf16 is emulated "
+            "here and about 12x slower than float32; use --amp none"
+        )
     return None
 
 

@@ -53,8 +53,10 @@ def resolve_rule(rule: str, has_val: bool, has_ema: bool) -> str:
         if rule == "ema" and not has_ema:
             rule = "last"
     if rule == "val-dice" and not has_val:
-        raise ValueError("train.selection=val-dice needs labelled validation cases of the target; this target has "
-                         "none (use a label-free rule: train.selection=auto, ema, last, agreement...)")
+        raise ValueError(
+            "train.selection=val-dice needs labelled validation cases of the target; this target has "
+            "none (use a label-free rule: train.selection=auto, ema, last, agreement...)"
+        )
     if rule == "ema" and not has_ema:
         raise ValueError("train.selection=ema needs train.ema > 0")
     if rule not in RULES:
@@ -107,7 +109,7 @@ class Selector:
         """What ``selection.json`` holds."""
         out = asdict(self)
         entry = RULES[self.rule]
-        out["best_score"] = (entry[1] * self.best_score if entry and math.isfinite(self.best_score) else None)
+        out["best_score"] = entry[1] * self.best_score if entry and math.isfinite(self.best_score) else None
         out.update({"checkpoint": self.checkpoint, "column": self.column})
         return out
 

@@ -17,9 +17,17 @@ from udavae.methods import UDAMethod
 __all__ = ["batch_to_device", "load_optimizer_state", "optimisation_step", "remember_base_lr"]
 
 
-def optimisation_step(method: UDAMethod, optimizers: dict[str, torch.optim.Optimizer], source: dict,
-                      target: dict | None, device: torch.device, amp: str, cudagraphs: bool = False,
-                      forward: torch.nn.Module | None = None, step: int = 0) -> dict[str, torch.Tensor]:
+def optimisation_step(
+    method: UDAMethod,
+    optimizers: dict[str, torch.optim.Optimizer],
+    source: dict,
+    target: dict | None,
+    device: torch.device,
+    amp: str,
+    cudagraphs: bool = False,
+    forward: torch.nn.Module | None = None,
+    step: int = 0,
+) -> dict[str, torch.Tensor]:
     """One training step as the trainer runs it: ``method.training_step`` under the run's precision.
 
     The trainer and the benchmarks call this, so they time the same step. ``cudagraphs``: the model is
@@ -38,8 +46,14 @@ def optimisation_step(method: UDAMethod, optimizers: dict[str, torch.optim.Optim
     """
     if cudagraphs:
         torch.compiler.cudagraph_mark_step_begin()
-    return method.training_step(forward if forward is not None else method, source, target, optimizers,
-                                functools.partial(autocast, device, amp), step=step)
+    return method.training_step(
+        forward if forward is not None else method,
+        source,
+        target,
+        optimizers,
+        functools.partial(autocast, device, amp),
+        step=step,
+    )
 
 
 def remember_base_lr(optimizers: dict[str, torch.optim.Optimizer]) -> None:
@@ -62,8 +76,9 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> N
         group["base_lr"] = lr
 
 
-def batch_to_device(batch: dict[str, list[torch.Tensor]], device: torch.device,
-                    channels_last: bool = False) -> dict[str, list[torch.Tensor]]:
+def batch_to_device(
+    batch: dict[str, list[torch.Tensor]], device: torch.device, channels_last: bool = False
+) -> dict[str, list[torch.Tensor]]:
     """Move a multi-scale batch to ``device`` without a host sync (pinned memory makes it asynchronous)."""
     out = {}
     for k, ts in batch.items():

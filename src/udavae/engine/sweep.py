@@ -107,8 +107,15 @@ class Sweep:
         python: interpreter of the subprocesses (default: this one).
     """
 
-    def __init__(self, folder: Path, plan: SweepPlan, device: str = "cpu", gpus: list[int] | None = None,
-                 jobs: int = 1, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        plan: SweepPlan,
+        device: str = "cpu",
+        gpus: list[int] | None = None,
+        jobs: int = 1,
+        python: str = sys.executable,
+    ) -> None:
         if jobs < 1:
             raise UserError("--jobs must be >= 1")
         self.folder, self.plan, self.device, self.python = Path(folder), plan, device, python
@@ -147,16 +154,40 @@ class Sweep:
         out: list[tuple[str, list[str]]] = []
         done = set(self.status[spec.name].steps_done)
         if "train" not in done:
-            argv = [self.python, "-m", "udavae", "train", "--dataset", p.dataset, "--source", p.source,
-                    "--target", p.target, "--preset", spec.preset, "--profile", p.profile, "--seed",
-                    str(spec.seed), "--out", str(run), "--device", device, *spec.overrides]
+            argv = [
+                self.python,
+                "-m",
+                "udavae",
+                "train",
+                "--dataset",
+                p.dataset,
+                "--source",
+                p.source,
+                "--target",
+                p.target,
+                "--preset",
+                spec.preset,
+                "--profile",
+                p.profile,
+                "--seed",
+                str(spec.seed),
+                "--out",
+                str(run),
+                "--device",
+                device,
+                *spec.overrides,
+            ]
             if checkpoint_file(run, "last").is_file():
                 argv.append("--resume")
             out.append(("train", argv))
         for split in p.splits:
             if f"evaluate-{split}" not in done:
-                out.append((f"evaluate-{split}", [self.python, "-m", "udavae", "evaluate", str(run), "--split",
-                                                  split, "--device", device]))
+                out.append(
+                    (
+                        f"evaluate-{split}",
+                        [self.python, "-m", "udavae", "evaluate", str(run), "--split", split, "--device", device],
+                    )
+                )
         return out
 
     def _child_env(self, slot: str) -> dict[str, str]:
@@ -176,9 +207,14 @@ class Sweep:
         log = act.log if act else open(self.log_path(spec), "a", encoding="utf-8")  # noqa: SIM115
         log.write(f"\n$ {' '.join(argv)}\n")
         log.flush()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=self._child_env(slot),
-                                preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self._child_env(slot),
+            preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
+        )
         now = time.time()
         if act:
             act.proc, act.step_started = proc, now
@@ -199,8 +235,9 @@ class Sweep:
         (self.folder / "logs").mkdir(parents=True, exist_ok=True)
         todo = [r for r in self.pending() if retry_failed or self.status[r.name].state != "failed"]
         n_done = sum(s.state == "done" for s in self.status.values())
-        bar = tqdm(total=len(self.plan.runs), initial=n_done, desc="sweep", unit="run", disable=None,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=len(self.plan.runs), initial=n_done, desc="sweep", unit="run", disable=None, dynamic_ncols=True
+        )
         if n_done:
             tqdm.write(f"{n_done} of {len(self.plan.runs)} runs already done: skipped")
         free = list(self.slots)
@@ -240,8 +277,16 @@ class Sweep:
         st = self.status[spec.name]
         run = self.run_dir(spec)
         run.mkdir(parents=True, exist_ok=True)
-        write_json(run / RUN_INFO_FILE, {"group": spec.group, "preset": spec.preset, "variant": spec.variant,
-                                         "seed": spec.seed, "sweep": str(self.folder.resolve())})
+        write_json(
+            run / RUN_INFO_FILE,
+            {
+                "group": spec.group,
+                "preset": spec.preset,
+                "variant": spec.variant,
+                "seed": spec.seed,
+                "sweep": str(self.folder.resolve()),
+            },
+        )
         act = self._start_step(None, spec, slot)
         if act is None:  # nothing left (status said otherwise): mark done
             st.state = "done"
@@ -278,8 +323,10 @@ class Sweep:
     def _report(self, spec: RunSpec, t0: float) -> None:
         st = self.status[spec.name]
         counts = self.counts()
-        head = (f"[{_fmt_time(time.time() - t0)}] {counts['done']}/{len(self.plan.runs)} done, "
-                f"{counts['running']} running, {counts['failed']} failed")
+        head = (
+            f"[{_fmt_time(time.time() - t0)}] {counts['done']}/{len(self.plan.runs)} done, "
+            f"{counts['running']} running, {counts['failed']} failed"
+        )
         if st.state == "done":
             tqdm.write(f"{head}: {spec.name} done in {_fmt_time(st.elapsed_s)}")
         else:
@@ -303,8 +350,9 @@ class Sweep:
     def _postfix(self, n_todo: int) -> str:
         c = self.counts()
         eta = self.eta_s(n_todo)
-        return (f"running {c['running']}, failed {c['failed']}, ETA "
-                + (_fmt_time(eta) if eta is not None else "after the first run"))
+        return f"running {c['running']}, failed {c['failed']}, ETA " + (
+            _fmt_time(eta) if eta is not None else "after the first run"
+        )
 
     def _stop_children(self) -> None:
         """SIGTERM every running step, then SIGKILL what has not exited after 10 s; mark them interrupted."""
@@ -346,14 +394,19 @@ def open_sweep(folder: Path, plan: SweepPlan | None, resume: bool) -> SweepPlan:
     if stored_path.is_file():
         stored = SweepPlan.from_dict(read_json(stored_path, "sweep plan"), str(stored_path))
         if not resume:
-            raise UserError(f"{folder} already holds a sweep ({len(stored.runs)} runs); pass --resume to "
-                            "continue it (finished runs are skipped), or choose another --out folder")
+            raise UserError(
+                f"{folder} already holds a sweep ({len(stored.runs)} runs); pass --resume to "
+                "continue it (finished runs are skipped), or choose another --out folder"
+            )
         if plan is None:
             return stored
         problems = stored.differences(plan)
         if problems:
-            raise UserError(f"the grid given does not continue the sweep in {folder}: " + "; ".join(problems)
-                            + " (run 'udavae sweep --out SWEEP --resume' alone to continue the stored grid)")
+            raise UserError(
+                f"the grid given does not continue the sweep in {folder}: "
+                + "; ".join(problems)
+                + " (run 'udavae sweep --out SWEEP --resume' alone to continue the stored grid)"
+            )
         if len(plan.runs) > len(stored.runs):
             write_json(stored_path, plan.to_dict())
         return plan

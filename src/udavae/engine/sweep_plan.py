@@ -80,8 +80,14 @@ class SweepPlan:
     def from_dict(cls, d: dict[str, Any], where: str = PLAN_FILE) -> SweepPlan:
         try:
             runs = [RunSpec(**{**r, "overrides": tuple(r.get("overrides", ()))}) for r in d["runs"]]
-            return cls(dataset=d["dataset"], source=d["source"], target=d["target"], profile=d["profile"],
-                       splits=tuple(d["splits"]), runs=runs)
+            return cls(
+                dataset=d["dataset"],
+                source=d["source"],
+                target=d["target"],
+                profile=d["profile"],
+                splits=tuple(d["splits"]),
+                runs=runs,
+            )
         except (KeyError, TypeError) as exc:
             raise UserError(f"{where} is not a sweep plan written by udavae sweep ({exc})") from None
 
@@ -90,16 +96,19 @@ class SweepPlan:
 
     def differences(self, other: SweepPlan) -> list[str]:
         """Why ``other`` cannot continue this plan (empty when it can: same settings, same or more runs)."""
-        problems = [f"{k}: {getattr(self, k)!r} -> {getattr(other, k)!r}"
-                    for k in ("dataset", "source", "target", "profile", "splits")
-                    if getattr(self, k) != getattr(other, k)]
+        problems = [
+            f"{k}: {getattr(self, k)!r} -> {getattr(other, k)!r}"
+            for k in ("dataset", "source", "target", "profile", "splits")
+            if getattr(self, k) != getattr(other, k)
+        ]
         theirs = {r.name: r for r in other.runs}
         for r in self.runs:
             if r.name not in theirs:
                 problems.append(f"run {r.name} would be dropped")
             elif theirs[r.name] != r:
-                problems.append(f"run {r.name} changes: overrides {list(r.overrides)} -> "
-                                f"{list(theirs[r.name].overrides)}")
+                problems.append(
+                    f"run {r.name} changes: overrides {list(r.overrides)} -> {list(theirs[r.name].overrides)}"
+                )
         return problems
 
 
@@ -217,8 +226,14 @@ def build_plan(spec: dict[str, Any], base_dir: Path | None = None, where: str = 
             build_config(r.preset, profile, {"runtime.seed": r.seed, **parse_overrides(list(r.overrides))})
         except (ValueError, UserError) as exc:
             raise UserError(f"{where}: run {r.name}: {exc}") from None
-    return SweepPlan(dataset=str(dataset.resolve()), source=str(spec.get("source") or "C0"),
-                     target=str(spec.get("target") or "LGE"), profile=profile, splits=splits, runs=runs)
+    return SweepPlan(
+        dataset=str(dataset.resolve()),
+        source=str(spec.get("source") or "C0"),
+        target=str(spec.get("target") or "LGE"),
+        profile=profile,
+        splits=splits,
+        runs=runs,
+    )
 
 
 #: ``udavae evaluate --split`` names that are not dataset splits.
@@ -245,20 +260,26 @@ def check_plan_data(plan: SweepPlan) -> None:
         raise UserError(f"source and target domains are both {plan.source!r}")
     for role, domain in (("source", plan.source), ("target", plan.target)):
         if domain not in spec.domains:
-            raise UserError(f"the {role} domain {domain!r} is not in the dataset {spec.root} "
-                            f"(domains: {', '.join(spec.domains) or 'none'})")
+            raise UserError(
+                f"the {role} domain {domain!r} is not in the dataset {spec.root} "
+                f"(domains: {', '.join(spec.domains) or 'none'})"
+            )
     if not any(c.label for c in spec.cases(plan.source)):
         raise UserError(f"the source domain {plan.source!r} of {spec.root} has no labelled case to train on")
     have = spec.splits.get(plan.target, {})
     missing = [s for s in plan.splits if s not in have and s not in _SPECIAL_SPLITS]
     if missing:
-        raise UserError(f"evaluated split(s) {missing} are not splits of the target domain {plan.target!r} in "
-                        f"{spec.root} (splits: {', '.join([*have, *_SPECIAL_SPLITS])}); every run is evaluated on "
-                        "them after training")
+        raise UserError(
+            f"evaluated split(s) {missing} are not splits of the target domain {plan.target!r} in "
+            f"{spec.root} (splits: {', '.join([*have, *_SPECIAL_SPLITS])}); every run is evaluated on "
+            "them after training"
+        )
     unlabelled = [s for s in plan.splits if s in have and any(c.label is None for c in spec.split(plan.target, s))]
     if unlabelled:
-        raise UserError(f"evaluated split(s) {unlabelled} of {plan.target!r} in {spec.root} hold cases without "
-                        "labels: they cannot be evaluated")
+        raise UserError(
+            f"evaluated split(s) {unlabelled} of {plan.target!r} in {spec.root} hold cases without "
+            "labels: they cannot be evaluated"
+        )
 
 
 def load_grid_file(path: str | Path) -> dict[str, Any]:

@@ -12,7 +12,6 @@ weights are kept separately.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -95,14 +94,18 @@ def _target_validation(spec: DatasetSpec, cfg: Config) -> list:
     tgt_splits = spec.splits.get(d.target, {})
     if d.val_split not in tgt_splits:
         if d.val_split != DataConfig.val_split:
-            raise DataError(f"dataset {spec.name!r}: target domain {d.target!r} has no {d.val_split!r} split "
-                            f"(splits: {', '.join(tgt_splits) or 'none'}); without data.val_split a target with no "
-                            "'val' split is selected on label-free scores")
+            raise DataError(
+                f"dataset {spec.name!r}: target domain {d.target!r} has no {d.val_split!r} split "
+                f"(splits: {', '.join(tgt_splits) or 'none'}); without data.val_split a target with no "
+                "'val' split is selected on label-free scores"
+            )
         return []
     val = spec.split(d.target, d.val_split)
     if any(c.label is None for c in val):
-        raise DataError(f"dataset {spec.name!r}: validation split {d.target}/{d.val_split} lists cases without "
-                        "labels; remove the split for an unlabelled target, or add the labels")
+        raise DataError(
+            f"dataset {spec.name!r}: validation split {d.target}/{d.val_split} lists cases without "
+            "labels; remove the split for an unlabelled target, or add the labels"
+        )
     return val
 
 
@@ -154,13 +157,26 @@ def prepare_data(cfg: Config) -> TrainData:
     # Cases that are predicted (validation, held-out source) keep whole slices, as prediction sees them.
     val_loaded = load_cases(spec, val, prep, with_labels=True, desc=f"loading {d.target} val", whole=True)
     hold_loaded = load_cases(spec, hold, prep, with_labels=True, desc=f"loading {d.source} held out", whole=True)
-    source = SliceCropDataset(SliceStack.from_cases(src_loaded, True), d.crop, d.jitter, seed * 2 + 1, d.augment,
-                              CropAugment(cfg.augment, source=True))
-    target = SliceCropDataset(SliceStack.from_cases(tgt_loaded, False), d.crop, d.jitter, seed * 2 + 2, d.augment,
-                              CropAugment(cfg.augment, source=False))
+    source = SliceCropDataset(
+        SliceStack.from_cases(src_loaded, True),
+        d.crop,
+        d.jitter,
+        seed * 2 + 1,
+        d.augment,
+        CropAugment(cfg.augment, source=True),
+    )
+    target = SliceCropDataset(
+        SliceStack.from_cases(tgt_loaded, False),
+        d.crop,
+        d.jitter,
+        seed * 2 + 2,
+        d.augment,
+        CropAugment(cfg.augment, source=False),
+    )
     labelfree = _seeded_pick(tgt_loaded, cfg.train.labelfree_cases, seed + 7919)
-    return TrainData(source, target, val_loaded, spec, prep, [c.id for c in src], [c.id for c in pool],
-                     labelfree, hold_loaded)
+    return TrainData(
+        source, target, val_loaded, spec, prep, [c.id for c in src], [c.id for c in pool], labelfree, hold_loaded
+    )
 
 
 def _warn_cropped(cases: list[LoadedCase], prep: Preprocessing, domain: str) -> None:
@@ -170,10 +186,13 @@ def _warn_cropped(cases: list[LoadedCase], prep: Preprocessing, domain: str) -> 
     if cut:
         h, w = prep.size
         names = ", ".join(f"{i} ({100 * share:.1f}%)" for i, share in cut[:10]) + (" ..." if len(cut) > 10 else "")
-        tqdm.write(f"warning: the labels of {len(cut)} {domain} training case(s) reach beyond the {h}x{w} centre "
-                   f"crop that training sees (data.size / preprocessing size), share of labelled voxels cut: {names}; "
-                   "prediction covers the whole image, but training never sees those parts (a larger data.size "
-                   "keeps them)", file=sys.stderr)
+        tqdm.write(
+            f"warning: the labels of {len(cut)} {domain} training case(s) reach beyond the {h}x{w} centre "
+            f"crop that training sees (data.size / preprocessing size), share of labelled voxels cut: {names}; "
+            "prediction covers the whole image, but training never sees those parts (a larger data.size "
+            "keeps them)",
+            file=sys.stderr,
+        )
 
 
 def run_preprocessing(cfg: Config, spec: DatasetSpec) -> Preprocessing:
@@ -224,8 +243,14 @@ class Trainer:
             ensure_writable_dir(self.run)
         labels = self.data.spec.labels
         self.num_classes = labels.num_classes
-        self.info = mf.ModelInfo(labels, self.data.prep, self.data.spec.name,
-                                 str(Path(cfg.data.dataset).resolve()), cfg.data.source, cfg.data.target)
+        self.info = mf.ModelInfo(
+            labels,
+            self.data.prep,
+            self.data.spec.name,
+            str(Path(cfg.data.dataset).resolve()),
+            cfg.data.source,
+            cfg.data.target,
+        )
         torch.manual_seed(cfg.runtime.seed)  # identical initial weights on every rank
         self.method = build_method(cfg, self.num_classes).to(self.device)
         if cfg.runtime.channels_last:
@@ -248,10 +273,14 @@ class Trainer:
             self._load_state()
             if self.dist.rank > 0:  # only rank 0's RNG state is saved
                 torch.manual_seed(cfg.runtime.seed * 1000 + self.dist.rank + 7919 * self.epoch)
-        self.predictor = Predictor(self.method.net, self.info.preprocessing, self.device,
-                                   batch_size=validation_batch(cfg.runtime, cfg.optim.batch_size, self.device),
-                                   amp=cfg.runtime.amp,
-                                   channels_last=cfg.runtime.channels_last)
+        self.predictor = Predictor(
+            self.method.net,
+            self.info.preprocessing,
+            self.device,
+            batch_size=validation_batch(cfg.runtime, cfg.optim.batch_size, self.device),
+            amp=cfg.runtime.amp,
+            channels_last=cfg.runtime.channels_last,
+        )
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
@@ -262,8 +291,10 @@ class Trainer:
             "selection": self.selector.record(),
             "history": self.history,
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
             "config": self.cfg.to_dict(),
         }
 
@@ -306,8 +337,10 @@ class Trainer:
             last = mf.checkpoint_path(self.run, "last")
             stamp = last.stat().st_mtime_ns if last.is_file() else None
             if stamp != self._resumed_from:
-                raise UserError(f"{self.run}: another training wrote {last} while this one was starting; "
-                                + ("resume again" if self.resume else "use --resume or another --out folder"))
+                raise UserError(
+                    f"{self.run}: another training wrote {last} while this one was starting; "
+                    + ("resume again" if self.resume else "use --resume or another --out folder")
+                )
             removed = remove_stale_temporaries(self.run) + remove_stale_temporaries(last.parent)
         except BaseException:
             lock.release()
@@ -344,25 +377,38 @@ class Trainer:
             if lock is not None:
                 lock.release()
         sel = self.selector
-        return {"selection": sel.rule, "checkpoint": sel.checkpoint, "best_epoch": sel.best_epoch,
-                "best_score": sel.record()["best_score"], "epochs": self.epoch,
-                "wall_time_s": time.time() - start_time}
+        return {
+            "selection": sel.rule,
+            "checkpoint": sel.checkpoint,
+            "best_epoch": sel.best_epoch,
+            "best_score": sel.record()["best_score"],
+            "epochs": self.epoch,
+            "wall_time_s": time.time() - start_time,
+        }
 
     def _finish_selection(self) -> None:
         """Write ``selection.json`` and print the rule, the chosen epoch and the scores of every epoch."""
         sel = self.selector
-        record = {**sel.record(), "labelfree_cases": [c.id for c in self.data.labelfree_cases],
-                  "source_holdout": [c.id for c in self.data.holdout_cases]}
+        record = {
+            **sel.record(),
+            "labelfree_cases": [c.id for c in self.data.labelfree_cases],
+            "source_holdout": [c.id for c in self.data.holdout_cases],
+        }
         mf.write_selection(self.run, record)
-        cols = [c for c in ("val/dice_mean", "src/dice_mean", "lf/entropy", "lf/agreement", "lf/plausibility",
-                            "lf/snd") if any(c in r for r in self.history)]
+        cols = [
+            c
+            for c in ("val/dice_mean", "src/dice_mean", "lf/entropy", "lf/agreement", "lf/plausibility", "lf/snd")
+            if any(c in r for r in self.history)
+        ]
         lines = ["epoch  " + "  ".join(f"{c:>15}" for c in cols)]
         for r in self.history:
             mark = "  <- chosen" if r["epoch"] == sel.best_epoch else ""
             lines.append(f"{r['epoch']:>5}  " + "  ".join(f"{_fmt(r.get(c)):>15}" for c in cols) + mark)
         tqdm.write("\n".join(lines))
-        tqdm.write(f"selection: {sel.rule} -> checkpoint '{sel.checkpoint}' (epoch {sel.best_epoch}); "
-                   f"recorded in {mf.selection_path(self.run)}")
+        tqdm.write(
+            f"selection: {sel.rule} -> checkpoint '{sel.checkpoint}' (epoch {sel.best_epoch}); "
+            f"recorded in {mf.selection_path(self.run)}"
+        )
 
     def _decide_postprocessing(self) -> None:
         """Decide and store the post-processing of each checkpoint on the validation cases (nothing else).
@@ -381,8 +427,9 @@ class Trainer:
             path = mf.checkpoint_path(self.run, name)
             if path.is_file():
                 self.method.load_state_dict(mf.load_checkpoint(path, map_location=self.device)["method"])
-                lines.append(decide_and_save(self.run, name, self.predictor, self.data.val_cases, names,
-                                             where).describe())
+                lines.append(
+                    decide_and_save(self.run, name, self.predictor, self.data.val_cases, names, where).describe()
+                )
         self.method.load_state_dict(last_weights)
         for line in lines:
             tqdm.write(line)
@@ -407,7 +454,7 @@ class Trainer:
         ``lr`` is the first group's of the first optimiser (``main``); another group's rate is logged as
         ``lr/<optimiser>`` (``lr/<optimiser>/<group>`` beyond its first group) only where it differs.
         """
-        factor = self.cfg.optim.lr_decay ** self.epoch
+        factor = self.cfg.optim.lr_decay**self.epoch
         rates: dict[str, float] = {}
         for name, opt in self.optimizers.items():
             for i, g in enumerate(opt.param_groups):
@@ -429,19 +476,31 @@ class Trainer:
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         finite = torch.ones((), dtype=torch.bool, device=self.device)
-        fault = int(os.environ.get("UDAVAE_FAULT_AFTER_STEPS", "0"))  # test hook: simulate a hard kill
         cl = cfg.runtime.channels_last
-        bar = tqdm(range(iters), desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}", unit="it",
-                   disable=None if self.dist.is_main else True, leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            range(iters),
+            desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}",
+            unit="it",
+            disable=None if self.dist.is_main else True,
+            leave=False,
+            dynamic_ncols=True,
+        )
         t0 = time.time()
         for it in bar:
-            if fault and start + it >= fault:
-                os._exit(137)
             src = batch_to_device(next(src_it), self.device, cl)
             src = self.augmenter(src, self.method.net, start + it)
             tgt = batch_to_device(next(tgt_it), self.device, cl) if tgt_it is not None else None
-            losses = optimisation_step(self.method, self.optimizers, src, tgt, self.device, cfg.runtime.amp,
-                                       self.cudagraphs, forward=self.model, step=start + it)
+            losses = optimisation_step(
+                self.method,
+                self.optimizers,
+                src,
+                tgt,
+                self.device,
+                cfg.runtime.amp,
+                self.cudagraphs,
+                forward=self.model,
+                step=start + it,
+            )
             if self.ema is not None:
                 self.ema.update(self.method)
             for k, v in losses.items():  # new tensors: a CUDA-graph replay may overwrite ``losses``
@@ -460,8 +519,11 @@ class Trainer:
     def _check_finite(self, finite: torch.Tensor, step: int) -> None:
         if not bool(finite):
             last = mf.checkpoint_path(self.run, "last")
-            kept = f"the last good checkpoint {last} (epoch {self.epoch}) is kept" if last.exists() \
+            kept = (
+                f"the last good checkpoint {last} (epoch {self.epoch}) is kept"
+                if last.exists()
                 else "no checkpoint had been written yet"
+            )
             raise TrainingDiverged(
                 f"loss became NaN/Inf in epoch {self.epoch + 1} by step {step + 1}; {kept}. "
                 "Try a lower optim.lr or runtime.amp=none."
@@ -477,8 +539,9 @@ class Trainer:
                 out.update({f"{prefix}/dice_{n}": float(v) for n, v in zip(names, per)})
                 out[f"{prefix}/dice_mean"] = float(np.nanmean(per))
         if self.data.labelfree_cases:
-            scores = summarize_scores(case_scores(self.predictor, c, self.info.labels.class_names)
-                                      for c in self.data.labelfree_cases)
+            scores = summarize_scores(
+                case_scores(self.predictor, c, self.info.labels.class_names) for c in self.data.labelfree_cases
+            )
             out.update({f"lf/{k}": v for k, v in scores.items()})
             out["lf/combined"] = (scores["agreement"] + scores["plausibility"]) / 2
         return out
@@ -491,9 +554,16 @@ class Trainer:
         # last.pt first: a kill between the two writes never leaves a best.pt of an epoch the log lacks.
         mf.save_checkpoint(mf.checkpoint_path(self.run, "last"), self._state())
         if chosen:
-            mf.save_checkpoint(mf.checkpoint_path(self.run, "best"),
-                               {"method": self.method.state_dict(), "epoch": self.epoch, "rule": sel.rule,
-                                "score": row.get(sel.column or ""), "config": self.cfg.to_dict()})
+            mf.save_checkpoint(
+                mf.checkpoint_path(self.run, "best"),
+                {
+                    "method": self.method.state_dict(),
+                    "epoch": self.epoch,
+                    "rule": sel.rule,
+                    "score": row.get(sel.column or ""),
+                    "config": self.cfg.to_dict(),
+                },
+            )
         self._save_weights()
         self._write_logs()
         msg = f"epoch {self.epoch}/{self.cfg.optim.epochs}: loss {row.get('loss/total', float('nan')):.4g}"
@@ -512,11 +582,15 @@ class Trainer:
         if self.ema is not None:
             mf.save_checkpoint(mf.checkpoint_path(self.run, "ema"), {"method": self.ema.state_dict(), **tag})
         if self.cfg.train.keep_epochs:
-            mf.save_checkpoint(mf.checkpoint_path(self.run, mf.epoch_checkpoint(self.epoch)),
-                               {"method": self.method.state_dict(), **tag})
+            mf.save_checkpoint(
+                mf.checkpoint_path(self.run, mf.epoch_checkpoint(self.epoch)),
+                {"method": self.method.state_dict(), **tag},
+            )
             if self.ema is not None:
-                mf.save_checkpoint(mf.checkpoint_path(self.run, mf.epoch_checkpoint(self.epoch, ema=True)),
-                                   {"method": self.ema.state_dict(), **tag})
+                mf.save_checkpoint(
+                    mf.checkpoint_path(self.run, mf.epoch_checkpoint(self.epoch, ema=True)),
+                    {"method": self.ema.state_dict(), **tag},
+                )
 
     def _write_logs(self) -> None:
         write_text(self.run / LOG_JSONL, "".join(json.dumps(r) + "\n" for r in self.history))
@@ -564,5 +638,14 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
     return Trainer(cfg, run, resume).fit()
 
 
-__all__ = ["Trainer", "TrainingDiverged", "batch_to_device", "load_optimizer_state", "optimisation_step",
-           "prepare_data", "remember_base_lr", "run_preprocessing", "train"]
+__all__ = [
+    "Trainer",
+    "TrainingDiverged",
+    "batch_to_device",
+    "load_optimizer_state",
+    "optimisation_step",
+    "prepare_data",
+    "remember_base_lr",
+    "run_preprocessing",
+    "train",
+]

@@ -95,10 +95,20 @@ class GroupSummary:
     def row(self) -> dict[str, Any]:
         """The summary as one ``compare.csv`` row (typed values; the writer formats them)."""
         return {
-            "group": self.group, "split": self.split, "structure": self.structure, "metric": self.metric,
-            "unit": self.unit, "n_seeds": self.n_seeds, "seeds": self.seeds, "mean": self.mean, "std": self.std,
-            "ci_low": self.ci_low, "ci_high": self.ci_high, "n_patients": self.n_patients,
-            "patient_mean": self.patient_mean, "seed_means": self.seed_means,
+            "group": self.group,
+            "split": self.split,
+            "structure": self.structure,
+            "metric": self.metric,
+            "unit": self.unit,
+            "n_seeds": self.n_seeds,
+            "seeds": self.seeds,
+            "mean": self.mean,
+            "std": self.std,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "n_patients": self.n_patients,
+            "patient_mean": self.patient_mean,
+            "seed_means": self.seed_means,
         }
 
     def scores_by_patient(self) -> dict[str, float]:
@@ -136,10 +146,19 @@ class PairedTest:
     def row(self) -> dict[str, Any]:
         """The test as one ``tests.csv`` row."""
         return {
-            "group": self.group, "reference": self.reference, "split": self.split, "structure": self.structure,
-            "metric": self.metric, "unit": METRICS[self.metric][1], "mean_diff": self.mean_diff,
-            "p_value": self.p_value, "statistic": self.statistic, "n_patients": self.n_patients,
-            "seed_std": self.seed_std, "within_seed_noise": self.within_seed_noise, "note": self.note,
+            "group": self.group,
+            "reference": self.reference,
+            "split": self.split,
+            "structure": self.structure,
+            "metric": self.metric,
+            "unit": METRICS[self.metric][1],
+            "mean_diff": self.mean_diff,
+            "p_value": self.p_value,
+            "statistic": self.statistic,
+            "n_patients": self.n_patients,
+            "seed_std": self.seed_std,
+            "within_seed_noise": self.within_seed_noise,
+            "note": self.note,
         }
 
 
@@ -175,8 +194,10 @@ class Comparison:
 
     def test(self, group: str, split: str, structure: str, metric: str) -> PairedTest | None:
         """The test of ``group`` against the reference (None for the reference itself)."""
-        return next((t for t in self.tests
-                     if (t.group, t.split, t.structure, t.metric) == (group, split, structure, metric)), None)
+        return next(
+            (t for t in self.tests if (t.group, t.split, t.structure, t.metric) == (group, split, structure, metric)),
+            None,
+        )
 
     def seeds(self, group: str) -> list[int | None]:
         return sorted((r.seed for r in self.runs if r.group == group), key=lambda s: (s is None, s or 0))
@@ -187,8 +208,15 @@ def _natural_key(text: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
-def summarize_group(group: str, split: str, structure: str, metric: str, runs: Sequence[RunScores],
-                    n_resamples: int = 10000, seed: int = 0) -> GroupSummary:
+def summarize_group(
+    group: str,
+    split: str,
+    structure: str,
+    metric: str,
+    runs: Sequence[RunScores],
+    n_resamples: int = 10000,
+    seed: int = 0,
+) -> GroupSummary:
     """Summarise one group's runs (one per seed) on one split, structure and metric."""
     runs = sorted(runs, key=lambda r: (r.run.seed is None, r.run.seed or 0))
     patients = sorted({c for r in runs for c in r.cases}, key=_natural_key)
@@ -202,11 +230,23 @@ def summarize_group(group: str, split: str, structure: str, metric: str, runs: S
     over_seeds = st.seed_summary(seed_means)
     per_patient = st.seed_average(matrix) if runs else np.zeros(0)
     low, high = st.bootstrap_ci(per_patient, n_resamples, seed)
-    return GroupSummary(group=group, split=split, structure=structure, metric=metric,
-                        seeds=tuple(r.run.seed for r in runs), seed_means=seed_means, mean=over_seeds.mean,
-                        std=over_seeds.std, n_seeds=over_seeds.n_seeds, patients=tuple(patients),
-                        patient_scores=per_patient, patient_mean=st.nanmean(per_patient), ci_low=low, ci_high=high,
-                        n_patients=int(np.isfinite(per_patient).sum()))
+    return GroupSummary(
+        group=group,
+        split=split,
+        structure=structure,
+        metric=metric,
+        seeds=tuple(r.run.seed for r in runs),
+        seed_means=seed_means,
+        mean=over_seeds.mean,
+        std=over_seeds.std,
+        n_seeds=over_seeds.n_seeds,
+        patients=tuple(patients),
+        patient_scores=per_patient,
+        patient_mean=st.nanmean(per_patient),
+        ci_low=low,
+        ci_high=high,
+        n_patients=int(np.isfinite(per_patient).sum()),
+    )
 
 
 def paired_against(summary: GroupSummary, ref: GroupSummary) -> PairedTest:
@@ -217,9 +257,20 @@ def paired_against(summary: GroupSummary, ref: GroupSummary) -> PairedTest:
     stds = [s for s in (summary.std, ref.std) if math.isfinite(s)]
     seed_std = max(stds) if stds else math.nan
     noise = bool(stds) and math.isfinite(res.mean_diff) and abs(res.mean_diff) < seed_std
-    return PairedTest(group=summary.group, reference=ref.group, split=summary.split, structure=summary.structure,
-                      metric=summary.metric, mean_diff=res.mean_diff, p_value=res.p_value, statistic=res.statistic,
-                      n_patients=res.n_pairs, seed_std=seed_std, within_seed_noise=noise, note=res.note)
+    return PairedTest(
+        group=summary.group,
+        reference=ref.group,
+        split=summary.split,
+        structure=summary.structure,
+        metric=summary.metric,
+        mean_diff=res.mean_diff,
+        p_value=res.p_value,
+        statistic=res.statistic,
+        n_patients=res.n_pairs,
+        seed_std=seed_std,
+        within_seed_noise=noise,
+        note=res.note,
+    )
 
 
 def _fmt(value: float) -> str:
@@ -238,9 +289,11 @@ def make_notes(comp: Comparison) -> list[str]:
             notes.append(f"group {group!r} has 2 seeds: its seed-to-seed std is a rough estimate")
         few = few or n < FEW_SEEDS
     if few and len(comp.groups) > 1:
-        notes.append("the Wilcoxon tests are over patients (seed-averaged scores): they measure how consistently "
-                     "the gain holds across patients for these trained models, not whether training with another "
-                     "seed would reproduce it; train at least 3 seeds per group to see the seed-to-seed spread")
+        notes.append(
+            "the Wilcoxon tests are over patients (seed-averaged scores): they measure how consistently "
+            "the gain holds across patients for these trained models, not whether training with another "
+            "seed would reproduce it; train at least 3 seeds per group to see the seed-to-seed spread"
+        )
     for group in comp.groups:
         for split in comp.splits:
             for metric in comp.metrics:
@@ -248,31 +301,46 @@ def make_notes(comp: Comparison) -> list[str]:
                 noisy = [t for t in tests if t is not None and t.within_seed_noise]
                 if noisy:
                     cells = ", ".join(f"{t.structure} {_fmt(t.mean_diff)}" for t in noisy)
-                    notes.append(f"{group} vs {comp.reference}, {split} {METRICS[metric][0]}: the difference "
-                                 f"({cells} {METRICS[metric][1]}) is smaller than the larger seed-to-seed std of "
-                                 "the two groups: within seed noise")
+                    notes.append(
+                        f"{group} vs {comp.reference}, {split} {METRICS[metric][0]}: the difference "
+                        f"({cells} {METRICS[metric][1]}) is smaller than the larger seed-to-seed std of "
+                        "the two groups: within seed noise"
+                    )
                 untested = [t for t in tests if t is not None and t.note and not math.isfinite(t.p_value)]
                 if untested:
-                    notes.append(f"{group} vs {comp.reference}, {split} {METRICS[metric][0]}: "
-                                 + "; ".join(f"{t.structure}: {t.note}" for t in untested))
+                    notes.append(
+                        f"{group} vs {comp.reference}, {split} {METRICS[metric][0]}: "
+                        + "; ".join(f"{t.structure}: {t.note}" for t in untested)
+                    )
     for group in comp.groups:
         for split in comp.splits:
             sets = {frozenset(r.cases) for r in comp.scores if r.run.group == group and r.split == split}
             if len(sets) > 1:
-                notes.append(f"group {group!r}: its runs were evaluated on different {split} patients; each "
-                             "patient is averaged over the seeds that have it")
+                notes.append(
+                    f"group {group!r}: its runs were evaluated on different {split} patients; each "
+                    "patient is averaged over the seeds that have it"
+                )
     if not comp.raw:
         post = sorted({str(r.run.path) for r in comp.scores if r.postprocessed})
         if post and len(post) < len(comp.runs):
-            notes.append(f"{len(post)} of {len(comp.runs)} runs are scored on post-processed masks "
-                         f"({', '.join(post)}), the others on raw ones; --raw compares the network's raw masks")
+            notes.append(
+                f"{len(post)} of {len(comp.runs)} runs are scored on post-processed masks "
+                f"({', '.join(post)}), the others on raw ones; --raw compares the network's raw masks"
+            )
     return notes
 
 
-def summarize(runs: Sequence[RunInfo], scores: Sequence[RunScores], reference: str | None = None,
-              splits: Sequence[str] = ("test",), checkpoint: str = "best", raw: bool = False,
-              metrics: Sequence[str] = ("dice", "assd", "hd95"), n_resamples: int = 10000,
-              seed: int = 0) -> Comparison:
+def summarize(
+    runs: Sequence[RunInfo],
+    scores: Sequence[RunScores],
+    reference: str | None = None,
+    splits: Sequence[str] = ("test",),
+    checkpoint: str = "best",
+    raw: bool = False,
+    metrics: Sequence[str] = ("dice", "assd", "hd95"),
+    n_resamples: int = 10000,
+    seed: int = 0,
+) -> Comparison:
     """Build the :class:`Comparison` of loaded scores: group summaries, tests against ``reference``, notes.
 
     Args:
@@ -292,27 +360,57 @@ def summarize(runs: Sequence[RunInfo], scores: Sequence[RunScores], reference: s
     elif reference not in appearance:
         raise UserError(f"--reference {reference!r} is not one of the groups: {', '.join(appearance)}")
     groups = [reference, *(g for g in appearance if g != reference)]
-    structures = list(dict.fromkeys([*(s for r in runs for s in r.structures),
-                                     *(s for sc in scores for s in sc.values)]))
+    structures = list(
+        dict.fromkeys([*(s for r in runs for s in r.structures), *(s for sc in scores for s in sc.values)])
+    )
     summaries, tests = [], []
     for split in splits:
         for structure in structures:
             for metric in metrics:
-                cell = {g: summarize_group(g, split, structure, metric,
-                                           [s for s in scores if s.run.group == g and s.split == split],
-                                           n_resamples, seed) for g in groups}
+                cell = {
+                    g: summarize_group(
+                        g,
+                        split,
+                        structure,
+                        metric,
+                        [s for s in scores if s.run.group == g and s.split == split],
+                        n_resamples,
+                        seed,
+                    )
+                    for g in groups
+                }
                 summaries.extend(cell.values())
                 tests.extend(paired_against(cell[g], cell[reference]) for g in groups if g != reference)
-    comp = Comparison(runs=list(runs), scores=list(scores), groups=groups, reference=reference, splits=list(splits),
-                      structures=structures, metrics=list(metrics), checkpoint=checkpoint, raw=raw,
-                      n_resamples=n_resamples, seed=seed, summaries=summaries, tests=tests, notes=[])
+    comp = Comparison(
+        runs=list(runs),
+        scores=list(scores),
+        groups=groups,
+        reference=reference,
+        splits=list(splits),
+        structures=structures,
+        metrics=list(metrics),
+        checkpoint=checkpoint,
+        raw=raw,
+        n_resamples=n_resamples,
+        seed=seed,
+        summaries=summaries,
+        tests=tests,
+        notes=[],
+    )
     comp.notes = make_notes(comp)
     return comp
 
 
-def compare(paths: Sequence[str], reference: str | None = None, splits: Sequence[str] = ("test", "val"),
-            checkpoint: str = "best", raw: bool = False, metrics: Sequence[str] = ("dice", "assd", "hd95"),
-            n_resamples: int = 10000, seed: int = 0) -> Comparison:
+def compare(
+    paths: Sequence[str],
+    reference: str | None = None,
+    splits: Sequence[str] = ("test", "val"),
+    checkpoint: str = "best",
+    raw: bool = False,
+    metrics: Sequence[str] = ("dice", "assd", "hd95"),
+    n_resamples: int = 10000,
+    seed: int = 0,
+) -> Comparison:
     """Find the runs under ``paths`` (``PATH`` or ``LABEL=PATH``), load their scores and summarise them.
 
     The reference is checked before any metrics file is read, so a typo is reported first.

@@ -51,8 +51,9 @@ def predict_classes(predictor: Segmenter, cases: Iterable[LoadedCase]) -> list[n
     return [predictor.predict(case.image, case.geometry).classes for case in cases]
 
 
-def decide_for_cases(predictor: Segmenter, cases: list[LoadedCase], class_names: dict[int, str],
-                     decided_on: str) -> PostProcessing:
+def decide_for_cases(
+    predictor: Segmenter, cases: list[LoadedCase], class_names: dict[int, str], decided_on: str
+) -> PostProcessing:
     """Decide the post-processing on labelled (validation) cases; see :mod:`udavae.evaluation.postprocess`."""
     labels = [case.native_label for case in cases]
     if any(lbl is None for lbl in labels):
@@ -60,9 +61,13 @@ def decide_for_cases(predictor: Segmenter, cases: list[LoadedCase], class_names:
     return decide_postprocessing(predict_classes(predictor, cases), labels, class_names, decided_on)  # type: ignore[arg-type]
 
 
-def evaluate_cases(predictor: Segmenter, cases: list[LoadedCase], class_names: dict[int, str],
-                   on_prediction: Any = None,
-                   postprocessing: PostProcessing | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def evaluate_cases(
+    predictor: Segmenter,
+    cases: list[LoadedCase],
+    class_names: dict[int, str],
+    on_prediction: Any = None,
+    postprocessing: PostProcessing | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """All metrics per case and structure, of the raw and of the post-processed predictions.
 
     Returns ``(rows, raw_rows)``: ``rows`` for the predictions as ``predict`` writes them (post-processed if
@@ -121,8 +126,9 @@ def _nan_to_none(obj: Any) -> Any:
     return obj
 
 
-def format_table(results: dict[str, dict[str, Any]], structures: list[str], metric: str = "dice",
-                 title: str = "") -> str:
+def format_table(
+    results: dict[str, dict[str, Any]], structures: list[str], metric: str = "dice", title: str = ""
+) -> str:
     """A table in the UDA-VAE++ paper's format: one row per method, Dice % per structure (mean +- std) and mean.
 
     ``results`` maps a row name to a summary produced by :func:`summary_of`.

@@ -32,8 +32,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["CardiacRoles", "SlicePlausibility", "agreement", "mean_entropy", "plausibility", "slice_plausibility",
-           "soft_neighbourhood_density"]
+__all__ = [
+    "CardiacRoles",
+    "SlicePlausibility",
+    "agreement",
+    "mean_entropy",
+    "plausibility",
+    "slice_plausibility",
+    "soft_neighbourhood_density",
+]
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 _EIGHT = ndimage.generate_binary_structure(2, 2)
@@ -125,8 +132,9 @@ def slice_plausibility(classes: np.ndarray, roles: CardiacRoles, ring_min: float
     return SlicePlausibility(not broken, broken)
 
 
-def plausibility(classes: np.ndarray, roles: CardiacRoles, slice_axis: int = -1,
-                 ring_min: float = 0.9) -> tuple[float, int, int]:
+def plausibility(
+    classes: np.ndarray, roles: CardiacRoles, slice_axis: int = -1, ring_min: float = 0.9
+) -> tuple[float, int, int]:
     """(share of plausible slices, number of implausible slices, number of slices with a structure).
 
     The share is 1.0 when no slice shows a structure (nothing implausible was predicted).

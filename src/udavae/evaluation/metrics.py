@@ -86,9 +86,7 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask ^ ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
 
-def _directed_distances(
-    pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]
-) -> tuple[np.ndarray, np.ndarray]:
+def _directed_distances(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Return (pred-surface -> gt-surface, gt-surface -> pred-surface) distances in mm.
 
     Both masks must be non-empty. The EDTs run on the bounding box of P ∪ G padded by one voxel:

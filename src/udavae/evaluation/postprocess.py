@@ -69,21 +69,26 @@ class PostProcessing:
         """One line for the terminal."""
         if not self.largest_component:
             return f"post-processing: none (no structure's validation Dice improved; decided on {self.decided_on})"
-        return (f"post-processing: largest connected component kept for {', '.join(self.largest_component)} "
-                f"(decided on {self.decided_on})")
+        return (
+            f"post-processing: largest connected component kept for {', '.join(self.largest_component)} "
+            f"(decided on {self.decided_on})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"largest_component": list(self.largest_component), "decided_on": self.decided_on,
-                "val_dice": self.val_dice}
+        return {
+            "largest_component": list(self.largest_component),
+            "decided_on": self.decided_on,
+            "val_dice": self.val_dice,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PostProcessing:
-        return cls(tuple(d.get("largest_component", ())), str(d.get("decided_on", "")),
-                   dict(d.get("val_dice", {})))
+        return cls(tuple(d.get("largest_component", ())), str(d.get("decided_on", "")), dict(d.get("val_dice", {})))
 
 
-def decide_postprocessing(predictions: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                          class_names: Mapping[int, str], decided_on: str) -> PostProcessing:
+def decide_postprocessing(
+    predictions: Sequence[np.ndarray], labels: Sequence[np.ndarray], class_names: Mapping[int, str], decided_on: str
+) -> PostProcessing:
     """Choose, per structure, whether keeping its largest component does not lower the mean Dice.
 
     Args:

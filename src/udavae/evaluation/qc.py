@@ -50,8 +50,10 @@ class DoubtfulRule:
 
     def describe(self) -> str:
         """The rule in words (written beside the flag)."""
-        return (f"doubtful when plausibility < {self.min_plausibility}, agreement < {self.min_agreement}, "
-                f"entropy > {self.max_entropy} or a structure is missing")
+        return (
+            f"doubtful when plausibility < {self.min_plausibility}, agreement < {self.min_agreement}, "
+            f"entropy > {self.max_entropy} or a structure is missing"
+        )
 
 
 def _finite(v: Any) -> bool:
@@ -64,8 +66,9 @@ def qc_score(row: Mapping[str, Any]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def qc_rows(rows: Sequence[Mapping[str, Any]], structures: Sequence[str],
-            rule: DoubtfulRule | None = None) -> list[dict[str, Any]]:
+def qc_rows(
+    rows: Sequence[Mapping[str, Any]], structures: Sequence[str], rule: DoubtfulRule | None = None
+) -> list[dict[str, Any]]:
     """Rows with ``qc_score``, ``doubtful`` and ``reason`` added, sorted worst first (doubtful, then score)."""
     rule = rule or DoubtfulRule()
     out = []

@@ -78,10 +78,18 @@ def eval_folder(run: str | Path, domain: str, split: str, checkpoint: str) -> Pa
     return layout.eval_folder(run, domain, split, checkpoint)
 
 
-def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None = None, dataset: str | None = None,
-                 out: str | Path | None = None, save_masks: bool = False, verbose: bool = True,
-                 postprocess: bool = True, qc: Callable[[Any], dict[str, Any]] | None = None,
-                 case_ids: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+def evaluate_run(
+    model: EvaluableModel,
+    split: str = "test",
+    domain: str | None = None,
+    dataset: str | None = None,
+    out: str | Path | None = None,
+    save_masks: bool = False,
+    verbose: bool = True,
+    postprocess: bool = True,
+    qc: Callable[[Any], dict[str, Any]] | None = None,
+    case_ids: list[str] | None = None,
+) -> tuple[dict[str, Any], Path]:
     """Evaluate a loaded model folder on a split; write metrics.csv / summary.json; return (summary, folder).
 
     With ``postprocess`` the decision stored for the model's checkpoint (if any) is applied and the summary
@@ -124,8 +132,7 @@ def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None 
     pp = model.postprocessing() if postprocess else None
     out = Path(out) if out else eval_folder(run, domain, split, checkpoint)
     # Whole slices: the masks are predicted as ``predict`` predicts them, never cut by the training crop.
-    loaded = load_cases(spec, cases, info.preprocessing, with_labels=True, desc=f"loading {domain}/{split}",
-                        whole=True)
+    loaded = load_cases(spec, cases, info.preprocessing, with_labels=True, desc=f"loading {domain}/{split}", whole=True)
     out = ensure_writable_dir(out)  # only now: a split that cannot be loaded leaves no empty folder behind
     remove_stale_temporaries(out, min_age_s=STALE_TEMP_AGE_S)
     on_pred = None
@@ -136,11 +143,20 @@ def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None 
             save_like(info.labels.to_codes(classes), case.reference, inside(out / "masks", f"{case.id}.nii.gz"))
 
     rows, raw_rows = evaluate_cases(model.predictor, loaded, info.labels.class_names, on_pred, pp)
-    summary = summary_of(rows, {
-        "run": str(Path(run).resolve()), "method": cfg.method.name, "checkpoint": checkpoint,
-        "epoch": model.epoch, "domain": domain, "split": split, "n_cases": len(loaded),
-        "seed": cfg.runtime.seed, "postprocessing": pp.to_dict() if pp else None,
-    })
+    summary = summary_of(
+        rows,
+        {
+            "run": str(Path(run).resolve()),
+            "method": cfg.method.name,
+            "checkpoint": checkpoint,
+            "epoch": model.epoch,
+            "domain": domain,
+            "split": split,
+            "n_cases": len(loaded),
+            "seed": cfg.runtime.seed,
+            "postprocessing": pp.to_dict() if pp else None,
+        },
+    )
     if raw_rows is not rows:
         summary["raw"] = summary_of(raw_rows)
         write_metrics_csv(out / "metrics_raw.csv", raw_rows)
@@ -153,8 +169,9 @@ def evaluate_run(model: EvaluableModel, split: str = "test", domain: str | None 
     return summary, out
 
 
-def write_case_qc(path: Path, cases: list, rows: list[dict[str, Any]], qc: Callable[[Any], dict[str, Any]],
-                  structures: list[str]) -> None:
+def write_case_qc(
+    path: Path, cases: list, rows: list[dict[str, Any]], qc: Callable[[Any], dict[str, Any]], structures: list[str]
+) -> None:
     """``qc.csv`` of evaluated cases: label-free scores, the doubtful flag and each case's mean Dice."""
     from udavae.evaluation.qc import qc_rows, write_qc_csv
 
@@ -167,8 +184,9 @@ def write_case_qc(path: Path, cases: list, rows: list[dict[str, Any]], qc: Calla
     write_qc_csv(path, qc_rows(scored, structures))
 
 
-def print_evaluation(summary: dict[str, Any], method: str, names: list[str], pp: PostProcessing | None,
-                     out: Path) -> None:
+def print_evaluation(
+    summary: dict[str, Any], method: str, names: list[str], pp: PostProcessing | None, out: Path
+) -> None:
     """The evaluation tables (raw and post-processed rows when they differ) and notes, on stdout."""
     raw = summary.get("raw")
     rows = {f"{method} raw": raw, f"{method} post": summary} if raw else {method: summary}
@@ -176,8 +194,9 @@ def print_evaluation(summary: dict[str, Any], method: str, names: list[str], pp:
     print(format_table(rows, names, "dice", title=f"Dice % on {where}"))
     for metric, title in (("assd", "ASSD (mm)"), ("hd95", "HD95 (mm)"), ("hd", "HD (mm)")):
         print(format_table(rows, names, metric, title=title))
-    print(pp.describe() if pp else "post-processing: none applied (none decided for this checkpoint, or "
-          "--no-postprocess)")
+    print(
+        pp.describe() if pp else "post-processing: none applied (none decided for this checkpoint, or --no-postprocess)"
+    )
     for s, n in summary["missed_structures"].items():
         print(f"note: {s} present but not predicted in {n} case(s): Dice 0, distances NaN (excluded from means)")
     print(f"wrote {out / 'metrics.csv'}" + (", metrics_raw.csv" if "raw" in summary else "") + " and summary.json")

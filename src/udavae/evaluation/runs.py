@@ -118,8 +118,7 @@ def read_run(path: Path, label: str | None = None) -> RunInfo:
     """
     info = read_json(path / MODEL_FILE, "model description")
     cfg = _read_yaml(path / CONFIG_FILE)
-    sweep = read_json(path / "sweep_run.json", "sweep run description") \
-        if (path / "sweep_run.json").is_file() else {}
+    sweep = read_json(path / "sweep_run.json", "sweep run description") if (path / "sweep_run.json").is_file() else {}
     method = cfg.get("method") if isinstance(cfg.get("method"), dict) else {}
     preset = str(cfg.get("preset") or method.get("name") or "")
     seed = (cfg.get("runtime") or {}).get("seed") if isinstance(cfg.get("runtime"), dict) else None
@@ -138,8 +137,16 @@ def read_run(path: Path, label: str | None = None) -> RunInfo:
         raise DataError(f"{path / 'model.json'} names no target domain ('target')")
     names = info.get("class_names") or {}
     structures = tuple(str(v) for k, v in sorted(names.items(), key=lambda kv: int(kv[0])) if int(k) != 0)
-    return RunInfo(path=path, group=group, group_from=group_from, seed=None if seed is None else int(seed),
-                   preset=preset, method=str(method.get("name", preset)), domain=str(domain), structures=structures)
+    return RunInfo(
+        path=path,
+        group=group,
+        group_from=group_from,
+        seed=None if seed is None else int(seed),
+        preset=preset,
+        method=str(method.get("name", preset)),
+        domain=str(domain),
+        structures=structures,
+    )
 
 
 def find_runs(args: Sequence[str]) -> list[RunInfo]:
@@ -168,8 +175,10 @@ def find_runs(args: Sequence[str]) -> list[RunInfo]:
         other = by_seed.setdefault((run.group, run.seed), run)
         if other is not run:
             seed = "an unknown seed" if run.seed is None else f"seed {run.seed}"
-            raise UserError(f"group {run.group!r} has two runs with {seed}: {other.path} and {run.path}; "
-                            f"give them different groups with LABEL=PATH or leave one out")
+            raise UserError(
+                f"group {run.group!r} has two runs with {seed}: {other.path} and {run.path}; "
+                f"give them different groups with LABEL=PATH or leave one out"
+            )
     domains: dict[str, list[str]] = {}
     for run in runs:
         domains.setdefault(run.domain, []).append(str(run.path))
@@ -253,13 +262,20 @@ def read_metrics_csv(path: Path, metrics: Sequence[str]) -> tuple[tuple[str, ...
             raise DataError(f"{path} line {i}: {exc}") from None
         cases.setdefault(row["case"], None)
     structures = dict.fromkeys(s for _, s in table)
-    values = {s: {m: np.array([table.get((c, s), {}).get(m, math.nan) for c in cases], dtype=np.float64)
-                  for m in metrics} for s in structures}
+    values = {
+        s: {m: np.array([table.get((c, s), {}).get(m, math.nan) for c in cases], dtype=np.float64) for m in metrics}
+        for s in structures
+    }
     return tuple(cases), values
 
 
-def load_scores(runs: Sequence[RunInfo], splits: Sequence[str], checkpoint: str = "best", raw: bool = False,
-                metrics: Sequence[str] = ("dice", "assd", "hd95")) -> list[RunScores]:
+def load_scores(
+    runs: Sequence[RunInfo],
+    splits: Sequence[str],
+    checkpoint: str = "best",
+    raw: bool = False,
+    metrics: Sequence[str] = ("dice", "assd", "hd95"),
+) -> list[RunScores]:
     """Each run's scores on each split (``metrics.csv``; ``metrics_raw.csv`` where present with ``raw``).
 
     Raises:
@@ -274,8 +290,10 @@ def load_scores(runs: Sequence[RunInfo], splits: Sequence[str], checkpoint: str 
             folder = eval_dir(run, split, checkpoint)
             post, raw_file = folder / "metrics.csv", folder / "metrics_raw.csv"
             if not post.is_file():
-                missing.append(f"{run.path} has no {split}-split evaluation of its {checkpoint} checkpoint "
-                               f"({post} not found): run '{evaluate_command(run, split, checkpoint)}'")
+                missing.append(
+                    f"{run.path} has no {split}-split evaluation of its {checkpoint} checkpoint "
+                    f"({post} not found): run '{evaluate_command(run, split, checkpoint)}'"
+                )
                 continue
             file = raw_file if raw and raw_file.is_file() else post
             cases, values = read_metrics_csv(file, metrics)

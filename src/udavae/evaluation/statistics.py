@@ -95,8 +95,9 @@ def seed_average(scores: ArrayLike) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def bootstrap_ci(values: ArrayLike, n_resamples: int = 10000, seed: int = 0,
-                 confidence: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: ArrayLike, n_resamples: int = 10000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of the finite ``values`` (``scipy.stats.bootstrap``).
 
     The generator is created from ``seed`` for every call, so an interval does not depend on how many were
@@ -120,8 +121,16 @@ def bootstrap_ci(values: ArrayLike, n_resamples: int = 10000, seed: int = 0,
         c = float(arr[0])
         return c, c
     batch = max(1, min(n_resamples, 4_000_000 // arr.size))  # bounds memory; depends on the data size only
-    res = stats.bootstrap((arr,), np.mean, n_resamples=n_resamples, batch=batch, vectorized=True,
-                          confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        (arr,),
+        np.mean,
+        n_resamples=n_resamples,
+        batch=batch,
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     # floating-point summation order can put an interval bound a few ulps outside the data range
     lo_data, hi_data = float(arr.min()), float(arr.max())
@@ -177,8 +186,13 @@ def paired_test(a: ArrayLike, b: ArrayLike, min_pairs: int = MIN_PAIRS) -> Paire
     n = int(d.size)
     mean_diff = float(d.mean()) if n else _NAN
     if n < min_pairs:
-        return PairedResult(mean_diff, _NAN, _NAN, n,
-                            f"{n} paired patient(s): too few for a Wilcoxon test (needs {min_pairs}), no p-value")
+        return PairedResult(
+            mean_diff,
+            _NAN,
+            _NAN,
+            n,
+            f"{n} paired patient(s): too few for a Wilcoxon test (needs {min_pairs}), no p-value",
+        )
     if np.all(d == 0):
         return PairedResult(0.0, 1.0, 0.0, n, "every paired difference is zero: p = 1")
     with warnings.catch_warnings():  # scipy warns that few non-zero pairs make the normal approximation rough

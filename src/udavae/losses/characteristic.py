@@ -43,7 +43,7 @@ def _g_sum(a: Tensor, b: Tensor, band: float) -> Tensor:
     total = a.new_zeros(c)
     grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
     for start in range(0, n, step):
-        chunk = a[start:start + step]
+        chunk = a[start : start + step]
         if grad:
             total = total + checkpoint(_g_rows, chunk, b, band, use_reentrant=False, preserve_rng_state=False)
         else:
@@ -69,6 +69,5 @@ def cf_distance(x: Tensor, y: Tensor, band: float) -> Tensor:
     x = x if x.dtype == torch.float64 else x.float()
     y = y if y.dtype == torch.float64 else y.float()
     n, m = x.shape[0], y.shape[0]
-    per_channel = (_g_sum(x, x, band) / (n * n) + _g_sum(y, y, band) / (m * m)
-                   - 2.0 * _g_sum(x, y, band) / (n * m))
+    per_channel = _g_sum(x, x, band) / (n * n) + _g_sum(y, y, band) / (m * m) - 2.0 * _g_sum(x, y, band) / (n * m)
     return per_channel.mean()

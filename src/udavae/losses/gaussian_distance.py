@@ -27,8 +27,16 @@ __all__ = ["gaussian_kernel_distance", "gaussian_kernel_distance_flat"]
 CHUNK_ELEMENTS = 2**22
 
 
-def _kernel_sum(m_p: Tensor, v_p: Tensor, m_q: Tensor, v_q: Tensor, coef: float,
-                grads: list[Tensor] | None, gp: tuple[int, int], gq: tuple[int, int]) -> Tensor:
+def _kernel_sum(
+    m_p: Tensor,
+    v_p: Tensor,
+    m_q: Tensor,
+    v_q: Tensor,
+    coef: float,
+    grads: list[Tensor] | None,
+    gp: tuple[int, int],
+    gq: tuple[int, int],
+) -> Tensor:
     """coef * K(p, q) in float64; if ``grads`` is given, add coef * dK/d(inputs) into it in place.
 
     ``gp`` / ``gq`` index the (mean, variance) gradient buffers of p and q (they may coincide).
@@ -77,8 +85,7 @@ class _GaussianKernelDistance(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         saved = ctx.saved_tensors  # type: ignore[attr-defined]
-        return tuple(g * grad_out if need else None
-                     for g, need in zip(saved, ctx.needs_input_grad))  # type: ignore[attr-defined]
+        return tuple(g * grad_out if need else None for g, need in zip(saved, ctx.needs_input_grad))  # type: ignore[attr-defined]
 
 
 def _f32(t: Tensor) -> Tensor:
@@ -99,8 +106,7 @@ def gaussian_kernel_distance_flat(m_a: Tensor, v_a: Tensor, m_b: Tensor, v_b: Te
     return _distance(*args, None)  # no gradient wanted (e.g. under no_grad): skip its accumulation
 
 
-def gaussian_kernel_distance(mu_a: Tensor, logvar_a: Tensor, mu_b: Tensor, logvar_b: Tensor,
-                             pool: int = 4) -> Tensor:
+def gaussian_kernel_distance(mu_a: Tensor, logvar_a: Tensor, mu_b: Tensor, logvar_b: Tensor, pool: int = 4) -> Tensor:
     """Gaussian-kernel distance between two batches of B x C x H x W posteriors (the formula above, exactly).
 
     Args:

@@ -38,7 +38,7 @@ class _KLMean(torch.autograd.Function):
         chunk = CPU_CHUNK if mu.device.type == "cpu" else n  # one pass of big kernels on a GPU
         total = torch.zeros((), dtype=torch.float64, device=mu.device)
         for i in range(0, n, chunk):
-            m, lv = _acc(flat_mu[i:i + chunk]), _acc(flat_lv[i:i + chunk])
+            m, lv = _acc(flat_mu[i : i + chunk]), _acc(flat_lv[i : i + chunk])
             # exp(lv) - lv - 1 as expm1(lv) - lv: no cancellation for lv near 0
             total += torch.dot(m, m) + torch.sum(torch.expm1(lv).sub_(lv))
         return (0.5 * total / n).to(torch.float64 if mu.dtype == torch.float64 else torch.float32)

@@ -18,9 +18,25 @@ from udavae.methods.registry import METHODS, register_method
 from udavae.methods.sifa import SIFAMethod, SIFAOptions
 from udavae.methods.vae import VAEMethod, VAEOptions
 
-__all__ = ["METHODS", "CFDMethod", "CFDOptions", "GinIpa", "GinIpaOptions", "MethodOptions", "NoAdapt",
-           "NoAdaptOptions", "PnPAdaNet", "PnPAdaNetOptions", "SIFAMethod", "SIFAOptions", "UDAMethod", "VAEMethod",
-           "VAEOptions", "build_method", "register_method"]
+__all__ = [
+    "METHODS",
+    "CFDMethod",
+    "CFDOptions",
+    "GinIpa",
+    "GinIpaOptions",
+    "MethodOptions",
+    "NoAdapt",
+    "NoAdaptOptions",
+    "PnPAdaNet",
+    "PnPAdaNetOptions",
+    "SIFAMethod",
+    "SIFAOptions",
+    "UDAMethod",
+    "VAEMethod",
+    "VAEOptions",
+    "build_method",
+    "register_method",
+]
 
 
 def build_method(cfg: Config, num_classes: int) -> UDAMethod:

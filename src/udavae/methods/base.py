@@ -34,8 +34,18 @@ from udavae.losses import balanced_cross_entropy
 from udavae.methods.registry import Preset
 from udavae.models.unet_vae import LATENT_SCALES, UNetVAE, VAEOutput
 
-__all__ = ["AutocastFactory", "Batch", "Forward", "MethodOptions", "SegWeights", "UDAMethod", "adam", "batch_images",
-           "batch_labels", "one_hot"]
+__all__ = [
+    "AutocastFactory",
+    "Batch",
+    "Forward",
+    "MethodOptions",
+    "SegWeights",
+    "UDAMethod",
+    "adam",
+    "batch_images",
+    "batch_labels",
+    "one_hot",
+]
 
 Batch = Mapping[str, Sequence[Tensor]]
 #: The module call the trainer wraps (the method itself, DDP-wrapped or ``torch.compile``-d): it takes the
@@ -90,8 +100,7 @@ def batch_images(batch: Batch | None, what: str) -> Sequence[Tensor]:
         raise ValueError(f"{what} batch with an 'image' entry is required")
     images = batch["image"]
     if len(images) != len(LATENT_SCALES):
-        raise ValueError(f"{what} 'image' must list {len(LATENT_SCALES)} scales (full, 1/2, 1/4), "
-                         f"got {len(images)}")
+        raise ValueError(f"{what} 'image' must list {len(LATENT_SCALES)} scales (full, 1/2, 1/4), got {len(images)}")
     return images
 
 
@@ -131,8 +140,10 @@ class UDAMethod(nn.Module):
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
         if not isinstance(cfg.method, self.Options):
-            raise TypeError(f"{type(self).__name__} needs {self.Options.__name__} options, got "
-                            f"{type(cfg.method).__name__} (method.kind={cfg.method.kind!r})")
+            raise TypeError(
+                f"{type(self).__name__} needs {self.Options.__name__} options, got "
+                f"{type(cfg.method).__name__} (method.kind={cfg.method.kind!r})"
+            )
         self.cfg = cfg
         self.num_classes = num_classes
         self.net = UNetVAE(cfg.model, num_classes)
@@ -169,8 +180,9 @@ class UDAMethod(nn.Module):
         dist = torch.distributed
         multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if multi or isinstance(wrapped, nn.parallel.DistributedDataParallel):
-            raise NotImplementedError(f"method kind {self.kind!r} does not support multi-process (DDP) training: "
-                                      "run it in one process")
+            raise NotImplementedError(
+                f"method kind {self.kind!r} does not support multi-process (DDP) training: run it in one process"
+            )
 
     def configure_optimizers(self, optim_cfg: OptimConfig, fused: bool = False) -> dict[str, torch.optim.Optimizer]:
         """The optimisers of a run, by name (checkpoints store their states under these names).
@@ -192,9 +204,16 @@ class UDAMethod(nn.Module):
             opts["critic"] = adam(critic, optim_cfg.lr, optim_cfg.weight_decay, fused)
         return opts
 
-    def training_step(self, forward: Forward, source: Batch, target: Batch | None,
-                      optimizers: Mapping[str, torch.optim.Optimizer], autocast_ctx: AutocastFactory, *,
-                      step: int = 0) -> dict[str, Tensor]:
+    def training_step(
+        self,
+        forward: Forward,
+        source: Batch,
+        target: Batch | None,
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        autocast_ctx: AutocastFactory,
+        *,
+        step: int = 0,
+    ) -> dict[str, Tensor]:
         """One optimisation step on a source (and target) batch; returns the loss terms it logs.
 
         Default (the published code's step): the loss terms under autocast, every optimiser's gradients
@@ -257,8 +276,9 @@ class UDAMethod(nn.Module):
         return terms
 
 
-def adam(params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0, fused: bool = False,
-         **kwargs: object) -> torch.optim.Adam:
+def adam(
+    params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0, fused: bool = False, **kwargs: object
+) -> torch.optim.Adam:
     """``torch.optim.Adam`` whose param groups record ``lr`` as ``"base_lr"`` (the trainer decays from it).
 
     Args:

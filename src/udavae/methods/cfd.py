@@ -75,8 +75,10 @@ class CFDMethod(VariationalMethod):
     kind = "cfd"
     Options = CFDOptions
     presets: ClassVar[dict[str, Preset]] = {
-        "cfdnet": Preset({"model.wiring": "skip", "model.mean_head": "gate", "method.weights.recon": 1.0},
-                         "CFDNet: characteristic-function distance on the full-scale latent, skip wiring, gate head"),
+        "cfdnet": Preset(
+            {"model.wiring": "skip", "model.mean_head": "gate", "method.weights.recon": 1.0},
+            "CFDNet: characteristic-function distance on the full-scale latent, skip wiring, gate head",
+        ),
     }
 
     @property
@@ -89,8 +91,9 @@ class CFDMethod(VariationalMethod):
         terms, src, tgt = self.common_terms(source, target)
         me = self.options
         z_s, z_t = src.out.z[0], tgt.out.z[0]
-        terms["cf"] = me.weights.cf * cf_distance(pooled_samples(z_s, me.cf_pool),
-                                                  pooled_samples(z_t, me.cf_pool), me.cf_band)
+        terms["cf"] = me.weights.cf * cf_distance(
+            pooled_samples(z_s, me.cf_pool), pooled_samples(z_t, me.cf_pool), me.cf_band
+        )
         for i, scale in enumerate(LATENT_SCALES):
             diff = src.out.z[i].float().mean(dim=0) - tgt.out.z[i].float().mean(dim=0)
             terms[f"mean_{scale}"] = me.weights.mean_match * torch.mean(diff * diff)

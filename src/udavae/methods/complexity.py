@@ -72,14 +72,19 @@ def training_step_flops(method: UDAMethod, batch: int, crop: int, step: int = 0)
     tgt = synthetic_batch(batch, crop, k, device, labelled=False) if method.needs_target else None
     method.train()
     optimizers = method.configure_optimizers(method.cfg.optim)
-    flops = count_flops(lambda: method.training_step(method, src, tgt, optimizers, contextlib.nullcontext,
-                                                     step=step))
+    flops = count_flops(lambda: method.training_step(method, src, tgt, optimizers, contextlib.nullcontext, step=step))
     method.zero_grad(set_to_none=True)
     return flops
 
 
-def measure(cfg: Config, num_classes: int, batch: int | None = None, crop: int | None = None,
-            infer_size: int = 192, device: str = "meta") -> Complexity:
+def measure(
+    cfg: Config,
+    num_classes: int,
+    batch: int | None = None,
+    crop: int | None = None,
+    infer_size: int = 192,
+    device: str = "meta",
+) -> Complexity:
     """Build the method of ``cfg`` on ``device`` and count its parameters and FLOPs.
 
     Args:
@@ -102,12 +107,16 @@ def measure(cfg: Config, num_classes: int, batch: int | None = None, crop: int |
     frozen = sum(p.numel() for p in method.parameters() if not p.requires_grad)
     trained = everything - frozen
     starts = method.step_phases()  # ascending first steps; counted in order, as a run reaches them
-    phase_flops = {name: training_step_flops(method, cfg.optim.batch_size, cfg.data.crop, step=start)
-                   for name, start in starts.items()}
+    phase_flops = {
+        name: training_step_flops(method, cfg.optim.batch_size, cfg.data.crop, step=start)
+        for name, start in starts.items()
+    }
     total_steps = cfg.optim.epochs * cfg.optim.iters_per_epoch
     ends = [*list(starts.values())[1:], total_steps]
-    run_flops = sum(phase_flops[name] * max(0, min(end, total_steps) - min(start, total_steps))
-                    for (name, start), end in zip(starts.items(), ends, strict=True))
+    run_flops = sum(
+        phase_flops[name] * max(0, min(end, total_steps) - min(start, total_steps))
+        for (name, start), end in zip(starts.items(), ends, strict=True)
+    )
     return Complexity(
         net_params=net,
         decoder_params=trained - net - critics,

@@ -47,8 +47,9 @@ class GinIpaOptions(MethodOptions):
     def validate(self, cfg: Config) -> None:
         """GIN-IPA draws its views from ``augment.gin``."""
         if not cfg.augment.gin:
-            raise ValueError("method.kind=gin_ipa trains on GIN/IPA views: it needs augment.gin=true "
-                             "(the gin-ipa preset sets it)")
+            raise ValueError(
+                "method.kind=gin_ipa trains on GIN/IPA views: it needs augment.gin=true (the gin-ipa preset sets it)"
+            )
 
 
 @register_method
@@ -58,10 +59,11 @@ class GinIpa(UDAMethod):
     kind = "gin_ipa"
     Options = GinIpaOptions
     presets: ClassVar[dict[str, Preset]] = {
-        "gin-ipa": Preset({"model.wiring": "skip", "model.mean_head": "gate", "augment.spatial": True,
-                           "augment.gin": True},
-                          "GIN-IPA (Ouyang et al. TMI 2023): random-convolution and IPA views + spatial augmentation, "
-                          "consistency between the views; uses no target images"),
+        "gin-ipa": Preset(
+            {"model.wiring": "skip", "model.mean_head": "gate", "augment.spatial": True, "augment.gin": True},
+            "GIN-IPA (Ouyang et al. TMI 2023): random-convolution and IPA views + spatial augmentation, "
+            "consistency between the views; uses no target images",
+        ),
     }
     needs_target = False
     #: The source batch holds a GIN view and an IPA view of every crop (see the module docstring).

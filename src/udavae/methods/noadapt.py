@@ -40,12 +40,16 @@ class NoAdapt(UDAMethod):
     Options = NoAdaptOptions
     presets: ClassVar[dict[str, Preset]] = {
         "noadapt": Preset(dict(_NET), "same segmenter trained on source labels only (no target images, no adaptation)"),
-        "noadapt-aug": Preset({**_NET, "augment.spatial": True, "augment.intensity": True},
-                              "noadapt with the standard augmentation (MONAI affine, elastic, gamma, bias field, "
-                              "noise, blur); uses no target images"),
-        "slaug": Preset({**_NET, "augment.spatial": True, "augment.slaug": True},
-                        "SLAug (Su et al. AAAI 2023): noadapt segmenter, spatial augmentation + global/class-level "
-                        "location-scale views fused by saliency balancing; uses no target images"),
+        "noadapt-aug": Preset(
+            {**_NET, "augment.spatial": True, "augment.intensity": True},
+            "noadapt with the standard augmentation (MONAI affine, elastic, gamma, bias field, "
+            "noise, blur); uses no target images",
+        ),
+        "slaug": Preset(
+            {**_NET, "augment.spatial": True, "augment.slaug": True},
+            "SLAug (Su et al. AAAI 2023): noadapt segmenter, spatial augmentation + global/class-level "
+            "location-scale views fused by saliency balancing; uses no target images",
+        ),
     }
     needs_target = False
 

@@ -130,8 +130,10 @@ class PnPAdaNetOptions(MethodOptions):
     def describe(self) -> str:
         """The DAM, the critics and the loss for ``udavae model info``'s header."""
         critics = "+".join(self.feature_taps) + (" & mask" if self.mask_critic else "")
-        return (f"DAM=encoder levels 0-{self.adapt_levels - 1} critics={critics} loss={self.gan} "
-                f"n_critic={self.critic_iters}")
+        return (
+            f"DAM=encoder levels 0-{self.adapt_levels - 1} critics={critics} loss={self.gan} "
+            f"n_critic={self.critic_iters}"
+        )
 
     def validate(self, cfg: Config) -> None:
         """Taps, loss and rates are known / positive; the DAM leaves higher layers; both phases have epochs."""
@@ -140,8 +142,10 @@ class PnPAdaNetOptions(MethodOptions):
         if not taps or unknown or len(set(taps)) != len(taps):
             raise ValueError(f"method.features={self.features!r} must list distinct taps of {', '.join(FEATURES)}")
         if not 1 <= self.adapt_levels <= cfg.model.depth - 1:
-            raise ValueError(f"method.adapt_levels={self.adapt_levels} must be between 1 and model.depth-1="
-                             f"{cfg.model.depth - 1} (the higher layers must keep at least the bottleneck)")
+            raise ValueError(
+                f"method.adapt_levels={self.adapt_levels} must be between 1 and model.depth-1="
+                f"{cfg.model.depth - 1} (the higher layers must keep at least the bottleneck)"
+            )
         if self.gan not in GAN_LOSSES:
             raise ValueError(f"method.gan={self.gan!r} is not one of {', '.join(GAN_LOSSES)}")
         if self.gan == "wgan" and self.clip <= 0:
@@ -156,8 +160,10 @@ class PnPAdaNetOptions(MethodOptions):
             raise ValueError(f"method.pretrain_epochs must be >= 1, or -1 for half the run, got {self.pretrain_epochs}")
         pre, epochs = self.resolved_pretrain_epochs(cfg.optim.epochs), cfg.optim.epochs
         if not 1 <= pre < epochs:
-            raise ValueError(f"method.pretrain_epochs={self.pretrain_epochs} gives {pre} source-only epochs of "
-                             f"optim.epochs={epochs}: PnP-AdaNet needs at least one epoch in each phase")
+            raise ValueError(
+                f"method.pretrain_epochs={self.pretrain_epochs} gives {pre} source-only epochs of "
+                f"optim.epochs={epochs}: PnP-AdaNet needs at least one epoch in each phase"
+            )
 
 
 @register_method
@@ -178,9 +184,11 @@ class PnPAdaNet(UDAMethod):
     supports_distributed = False  # the trained parameters differ per phase and per update
     Options = PnPAdaNetOptions
     presets: ClassVar[dict[str, Preset]] = {
-        "pnp-adanet": Preset({"model.wiring": "skip", "model.mean_head": "gate"},
-                             "PnP-AdaNet: the noadapt segmenter, then its early encoder levels re-trained on target "
-                             "images against WGAN critics of multi-level features and masks"),
+        "pnp-adanet": Preset(
+            {"model.wiring": "skip", "model.mean_head": "gate"},
+            "PnP-AdaNet: the noadapt segmenter, then its early encoder levels re-trained on target "
+            "images against WGAN critics of multi-level features and masks",
+        ),
     }
     needs_target = True
 
@@ -196,9 +204,13 @@ class PnPAdaNet(UDAMethod):
         net = self.net
         w, d, a = cfg.model.base_width, net.depth, me.adapt_levels
         #: tap -> scale level (1/2**level) and channels of the map.
-        self.tap_levels = {"dam": (a - 1, net.channels[a - 1]), "bottleneck": (d - 1, net.channels[d - 1]),
-                           "decoder": (d - 2, net.channels[d - 2]), "latent": (2, net.channels[2]),
-                           "output": (0, num_classes)}
+        self.tap_levels = {
+            "dam": (a - 1, net.channels[a - 1]),
+            "bottleneck": (d - 1, net.channels[d - 1]),
+            "decoder": (d - 2, net.channels[d - 2]),
+            "latent": (2, net.channels[2]),
+            "output": (0, num_classes),
+        }
         in_ch = sum(grid_channels(self.tap_levels[t][1], self.tap_levels[t][0], GRID_LEVEL) for t in me.feature_taps)
         critics = {"feature": ConvCritic(in_ch, (4 * w, 8 * w, 8 * w), stem=4 * w)}
         if me.mask_critic:
@@ -209,8 +221,11 @@ class PnPAdaNet(UDAMethod):
         # Forward hooks give the intermediate maps of either network without re-implementing its forward.
         self._taps: dict[str, Tensor] | None = None
         for module in (self.net, self.source_net):
-            points = {"dam": module.encoder[a - 1], "bottleneck": module.encoder[d - 1],
-                      "decoder": module.decoder[d - 2]}
+            points = {
+                "dam": module.encoder[a - 1],
+                "bottleneck": module.encoder[d - 1],
+                "decoder": module.decoder[d - 2],
+            }
             for name, sub in points.items():
                 if name in me.feature_taps:
                     sub.register_forward_hook(functools.partial(self._store_tap, name))
@@ -287,8 +302,9 @@ class PnPAdaNet(UDAMethod):
         """The feature critic's input (every tap moved to the 1/4 grid, stacked) and the mask critic's (softmax)."""
         prob = torch.softmax(out.logits.float(), dim=1)
         maps = {**taps, "latent": out.mu[2], "output": prob}
-        stack = torch.cat([to_grid(maps[t].float(), self.tap_levels[t][0], GRID_LEVEL)
-                           for t in self.options.feature_taps], dim=1)
+        stack = torch.cat(
+            [to_grid(maps[t].float(), self.tap_levels[t][0], GRID_LEVEL) for t in self.options.feature_taps], dim=1
+        )
         return stack, (prob if self.options.mask_critic else None)
 
     def _generator_loss(self, score: Tensor) -> Tensor:
@@ -301,8 +317,9 @@ class PnPAdaNet(UDAMethod):
         source, target = source.float(), target.float()
         if self.options.gan == "wgan":
             return target.mean() - source.mean()
-        return (F.binary_cross_entropy_with_logits(source, torch.ones_like(source))
-                + F.binary_cross_entropy_with_logits(target, torch.zeros_like(target)))
+        return F.binary_cross_entropy_with_logits(source, torch.ones_like(source)) + F.binary_cross_entropy_with_logits(
+            target, torch.zeros_like(target)
+        )
 
     def generator_terms(self, feature_tgt: Tensor, mask_tgt: Tensor | None) -> dict[str, Tensor]:
         """The DAM's weighted adversarial terms: target critic inputs should score as source."""
@@ -312,8 +329,9 @@ class PnPAdaNet(UDAMethod):
             terms["adv_mask"] = w.mask * self._generator_loss(self.critics["mask"](mask_tgt))
         return terms
 
-    def critic_terms(self, feature_src: Tensor, feature_tgt: Tensor, mask_src: Tensor | None = None,
-                     mask_tgt: Tensor | None = None) -> dict[str, Tensor]:
+    def critic_terms(
+        self, feature_src: Tensor, feature_tgt: Tensor, mask_src: Tensor | None = None, mask_tgt: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """The critics' weighted losses (WGAN: target score minus source score; GAN: BCE, source = 1)."""
         w = self.options.weights
         feat = self.critics["feature"]
@@ -340,8 +358,9 @@ class PnPAdaNet(UDAMethod):
         if stage != "adapt":
             raise ValueError(f"stage must be 'segment' or 'adapt', got {stage!r}")
         if target is None:
-            raise ValueError("method kind 'pnp_adanet' adapts to the target domain: its adapt stage needs a "
-                             "target batch")
+            raise ValueError(
+                "method kind 'pnp_adanet' adapts to the target domain: its adapt stage needs a target batch"
+            )
         src_img, tgt_img = batch_images(source, "source"), batch_images(target, "target")
         with torch.no_grad():
             feat_s, mask_s = self.critic_inputs(*self.run_with_taps(self.source_net, src_img[0]))
@@ -370,9 +389,16 @@ class PnPAdaNet(UDAMethod):
             "disc": _rmsprop(self.critic_parameters(), me.critic_lr, restart),
         }
 
-    def training_step(self, forward: Forward, source: Batch, target: Batch | None,
-                      optimizers: Mapping[str, torch.optim.Optimizer], autocast_ctx: AutocastFactory, *,
-                      step: int = 0) -> dict[str, Tensor]:
+    def training_step(
+        self,
+        forward: Forward,
+        source: Batch,
+        target: Batch | None,
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        autocast_ctx: AutocastFactory,
+        *,
+        step: int = 0,
+    ) -> dict[str, Tensor]:
         """Phase 1: one segmenter step. Phase 2: one DAM step, then ``critic_iters`` critic steps.
 
         Phase 2 computes both domains' critic inputs once (``forward(..., stage="adapt")``): the DAM steps on
@@ -416,8 +442,9 @@ class PnPAdaNet(UDAMethod):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def critic_update(self, inputs: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
-                      autocast_ctx: AutocastFactory) -> dict[str, Tensor]:
+    def critic_update(
+        self, inputs: Mapping[str, Tensor], optimizer: torch.optim.Optimizer, autocast_ctx: AutocastFactory
+    ) -> dict[str, Tensor]:
         """``critic_iters`` critic steps on detached critic inputs (each clipped); the last step's terms."""
         terms: dict[str, Tensor] = {}
         for _ in range(self.options.critic_iters):

@@ -89,8 +89,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def build_config(preset: str = "udavae++", profile: str = "paper",
-                 overrides: dict[str, Any] | None = None) -> Config:
+def build_config(preset: str = "udavae++", profile: str = "paper", overrides: dict[str, Any] | None = None) -> Config:
     """Defaults <- profile <- preset <- overrides, validated.
 
     Raises:

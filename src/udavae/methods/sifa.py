@@ -134,8 +134,9 @@ class SIFAOptions(MethodOptions):
 
     def describe(self) -> str:
         """The adversarial parts for ``udavae model info``'s header."""
-        return (f"G_t={self.gen_blocks} res-blocks U={self.dec_blocks} res-blocks critics=4 PatchGAN "
-                f"pool={self.pool_size}")
+        return (
+            f"G_t={self.gen_blocks} res-blocks U={self.dec_blocks} res-blocks critics=4 PatchGAN pool={self.pool_size}"
+        )
 
     def validate(self, cfg: Config) -> None:
         """Widths, block counts and pool are >= 0, Adam settings valid, weights >= 0, crop divisible by 4."""
@@ -190,9 +191,11 @@ class SIFAMethod(UDAMethod):
     Options = SIFAOptions
     # weights.seg is set because a kind switch keeps the old kind's value (1000).
     presets: ClassVar[dict[str, Preset]] = {
-        "sifa": Preset({"model.wiring": "skip", "model.mean_head": "gate", "method.weights.seg": 1.0},
-                       "SIFA (Chen et al. AAAI 2019 / TMI 2020): image translation + feature alignment (4 LSGAN "
-                       "critics), skip wiring, gate head"),
+        "sifa": Preset(
+            {"model.wiring": "skip", "model.mean_head": "gate", "method.weights.seg": 1.0},
+            "SIFA (Chen et al. AAAI 2019 / TMI 2020): image translation + feature alignment (4 LSGAN "
+            "critics), skip wiring, gate head",
+        ),
     }
     needs_target = True
 
@@ -202,12 +205,14 @@ class SIFAMethod(UDAMethod):
         gw, dw = me.widths(cfg)
         self.generator = ImageGenerator(gw, me.gen_blocks, me.skip)
         self.decoder = LatentDecoder(self.net.channels[2], gw, me.dec_blocks, upsamplings=2, skip=me.skip)
-        self.critics = nn.ModuleDict({
-            "target_image": PatchDiscriminator(1, dw),
-            "source_image": PatchDiscriminator(1, dw, out_channels=2),  # channel 1: the auxiliary head
-            "pred_fusion": PatchDiscriminator(num_classes, dw),
-            "pred_quarter": PatchDiscriminator(num_classes, dw),
-        })
+        self.critics = nn.ModuleDict(
+            {
+                "target_image": PatchDiscriminator(1, dw),
+                "source_image": PatchDiscriminator(1, dw, out_channels=2),  # channel 1: the auxiliary head
+                "pred_fusion": PatchDiscriminator(num_classes, dw),
+                "pred_quarter": PatchDiscriminator(num_classes, dw),
+            }
+        )
         self.pools = nn.ModuleDict({"target": ImagePool(me.pool_size), "source": ImagePool(me.pool_size)})
         self._critic_inputs: dict[str, Tensor] | None = None
 
@@ -230,12 +235,12 @@ class SIFAMethod(UDAMethod):
         y = batch_labels(source, "source")[0]
         w, size = self.options.weights, xs.shape[-2:]
         xs_pm, xt_pm = 2 * xs - 1, 2 * xt - 1
-        fake_t = self.generator(xs_pm)                      # x^{s->t}
-        out_ft = self.net(_to_unit(fake_t), sample=False)   # E, C on the target-like source
-        out_t = self.net(xt, sample=False)                  # E, C on the real target
-        fake_s = self.decoder(out_t.z[2], xt_pm)            # x^{t->s}
-        rec_s = self.decoder(out_ft.z[2], fake_t)           # x^{s->t->s}
-        rec_t = self.generator(fake_s)                      # x^{t->s->t}
+        fake_t = self.generator(xs_pm)  # x^{s->t}
+        out_ft = self.net(_to_unit(fake_t), sample=False)  # E, C on the target-like source
+        out_t = self.net(xt, sample=False)  # E, C on the real target
+        fake_s = self.decoder(out_t.z[2], xt_pm)  # x^{t->s}
+        rec_s = self.decoder(out_ft.z[2], fake_t)  # x^{s->t->s}
+        rec_t = self.generator(fake_s)  # x^{t->s->t}
         q_ft, q_t = _quarter_logits(out_ft.seg_logits[2], size), _quarter_logits(out_t.seg_logits[2], size)
         d_src = self.critics["source_image"](fake_s)
         terms = {
@@ -252,10 +257,20 @@ class SIFAMethod(UDAMethod):
         if w.seg_source > 0:
             terms["seg_source"] = w.seg_source * sifa_task_loss(self.net(xs, sample=False).logits, y)
         if keep:
-            self._critic_inputs = {k: v.detach() for k, v in {
-                "real_source": xs_pm, "real_target": xt_pm, "fake_target": fake_t, "fake_source": fake_s,
-                "cycle_source": rec_s, "pred_fusion_real": out_ft.logits, "pred_fusion_fake": out_t.logits,
-                "pred_quarter_real": q_ft, "pred_quarter_fake": q_t}.items()}
+            self._critic_inputs = {
+                k: v.detach()
+                for k, v in {
+                    "real_source": xs_pm,
+                    "real_target": xt_pm,
+                    "fake_target": fake_t,
+                    "fake_source": fake_s,
+                    "cycle_source": rec_s,
+                    "pred_fusion_real": out_ft.logits,
+                    "pred_fusion_fake": out_t.logits,
+                    "pred_quarter_real": q_ft,
+                    "pred_quarter_fake": q_t,
+                }.items()
+            }
         return self.with_total(terms)
 
     def objectives(self, terms: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -279,7 +294,8 @@ class SIFAMethod(UDAMethod):
         fake_s = self.pools["source"].query(inputs["fake_source"])
         real_t, pool_t = d["target_image"](torch.cat((inputs["real_target"], fake_t))).chunk(2)
         real_s, pool_s, cyc_s = d["source_image"](
-            torch.cat((inputs["real_source"], fake_s, inputs["cycle_source"]))).chunk(3)
+            torch.cat((inputs["real_source"], fake_s, inputs["cycle_source"]))
+        ).chunk(3)
         out = {
             "disc_target_image": lsgan_discriminator_loss(real_t, pool_t),
             "disc_source_image": lsgan_discriminator_loss(real_s[:, :1], pool_s[:, :1]),
@@ -311,9 +327,16 @@ class SIFAMethod(UDAMethod):
             "disc": adam(self.critic_parameters(), me.gan_lr, 0.0, fused, betas=betas),
         }
 
-    def training_step(self, forward: Forward, source: Batch, target: Batch | None,
-                      optimizers: Mapping[str, torch.optim.Optimizer], autocast_ctx: AutocastFactory, *,
-                      step: int = 0) -> dict[str, Tensor]:
+    def training_step(
+        self,
+        forward: Forward,
+        source: Batch,
+        target: Batch | None,
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        autocast_ctx: AutocastFactory,
+        *,
+        step: int = 0,
+    ) -> dict[str, Tensor]:
         """Generator side (G_t + U, then E + C, one forward, two backward passes), then the critics.
 
         The generator-side backward passes are restricted to their parameters, so the critics receive no

@@ -29,8 +29,13 @@ __all__ = ["VAEMethod", "VAEOptions", "VAEWeights"]
 
 def _vae(wiring: str, head: str, g: bool, l: bool, p: bool, help: str) -> Preset:  # noqa: A002
     """A preset of the UDA-VAE family: wiring, mean head and the SMIE estimators (global, local, prior)."""
-    overrides: dict[str, Any] = {"model.wiring": wiring, "model.mean_head": head, "method.mi_global": g,
-                                 "method.mi_local": l, "method.mi_prior": p}
+    overrides: dict[str, Any] = {
+        "model.wiring": wiring,
+        "model.mean_head": head,
+        "method.mi_global": g,
+        "method.mi_local": l,
+        "method.mi_prior": p,
+    }
     return Preset(overrides, help)
 
 
@@ -82,8 +87,7 @@ class VAEOptions(MethodOptions):
 
     def describe(self) -> str:
         """``SMIE=global+local+prior`` (the estimators on) or ``SMIE=off``."""
-        on = [n for n, flag in (("global", self.mi_global), ("local", self.mi_local), ("prior", self.mi_prior))
-              if flag]
+        on = [n for n, flag in (("global", self.mi_global), ("local", self.mi_local), ("prior", self.mi_prior)) if flag]
         return f"SMIE={'+'.join(on) if on else 'off'}"
 
     def validate(self, cfg: Config) -> None:
@@ -103,39 +107,87 @@ class VAEMethod(VariationalMethod):
     kind = "vae"
     Options = VAEOptions
     presets: ClassVar[dict[str, Preset]] = {
-        "udavae++": _vae("concat", "conv", True, True, True,
-                         "UDA-VAE++ headline row: concat wiring, conv mean head, global+local+prior SMIE"),
-        "uda-vae": _vae("skip", "gate", False, False, False,
-                        "UDA-VAE baseline (VarDA code): skip wiring, spatial-gate mean head, no SMIE"),
+        "udavae++": _vae(
+            "concat",
+            "conv",
+            True,
+            True,
+            True,
+            "UDA-VAE++ headline row: concat wiring, conv mean head, global+local+prior SMIE",
+        ),
+        "uda-vae": _vae(
+            "skip",
+            "gate",
+            False,
+            False,
+            False,
+            "UDA-VAE baseline (VarDA code): skip wiring, spatial-gate mean head, no SMIE",
+        ),
         "abl-base": _vae("skip", "conv", False, False, False, "ablation Base: skip wiring, conv mean head, no SMIE"),
-        "abl-cn": _vae("concat", "conv", False, False, False,
-                       "ablation Base+CN: concat wiring (CN), conv mean head, no SMIE"),
-        "abl-cn-att": _vae("concat", "gate", False, False, False,
-                           "ablation Base+CN+Att: concat wiring, spatial-gate mean head (Att), no SMIE"),
-        "abl-cn-att-g": _vae("concat", "gate", True, False, False,
-                             "ablation Base+CN+Att+Global: concat wiring, gate head, global SMIE"),
-        "abl-cn-att-gl": _vae("concat", "gate", True, True, False,
-                              "ablation Base+CN+Att+Global+Local: concat wiring, gate head, global+local SMIE"),
-        "abl-cn-glp": _vae("concat", "conv", True, True, True,
-                           "ablation Base+CN+Global+Local+Prior: concat wiring, conv head, global+local+prior SMIE "
-                           "(= udavae++)"),
-        "abl-full": _vae("concat", "gate", True, True, True,
-                         "ablation, every component: concat wiring, gate head, global+local+prior SMIE"),
-        "udavae++slaug": Preset({**_vae("concat", "conv", True, True, True, "").overrides, "augment.spatial": True,
-                                 "augment.slaug": True},
-                                "UDA-VAE++ trained on SLAug's fused source views (+ spatial augmentation)"),
+        "abl-cn": _vae(
+            "concat", "conv", False, False, False, "ablation Base+CN: concat wiring (CN), conv mean head, no SMIE"
+        ),
+        "abl-cn-att": _vae(
+            "concat",
+            "gate",
+            False,
+            False,
+            False,
+            "ablation Base+CN+Att: concat wiring, spatial-gate mean head (Att), no SMIE",
+        ),
+        "abl-cn-att-g": _vae(
+            "concat", "gate", True, False, False, "ablation Base+CN+Att+Global: concat wiring, gate head, global SMIE"
+        ),
+        "abl-cn-att-gl": _vae(
+            "concat",
+            "gate",
+            True,
+            True,
+            False,
+            "ablation Base+CN+Att+Global+Local: concat wiring, gate head, global+local SMIE",
+        ),
+        "abl-cn-glp": _vae(
+            "concat",
+            "conv",
+            True,
+            True,
+            True,
+            "ablation Base+CN+Global+Local+Prior: concat wiring, conv head, global+local+prior SMIE (= udavae++)",
+        ),
+        "abl-full": _vae(
+            "concat",
+            "gate",
+            True,
+            True,
+            True,
+            "ablation, every component: concat wiring, gate head, global+local+prior SMIE",
+        ),
+        "udavae++slaug": Preset(
+            {**_vae("concat", "conv", True, True, True, "").overrides, "augment.spatial": True, "augment.slaug": True},
+            "UDA-VAE++ trained on SLAug's fused source views (+ spatial augmentation)",
+        ),
     }
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         me = self.options
         if me.uses_mi:
-            self.critics = nn.ModuleDict({
-                dom: SMIE(num_classes, cfg.data.crop, use_global=me.mi_global, use_local=me.mi_local,
-                          use_prior=me.mi_prior, alpha=me.mi_alpha, beta=me.mi_beta, gamma=me.mi_gamma,
-                          prior=me.prior)
-                for dom in ("src", "tgt")
-            })
+            self.critics = nn.ModuleDict(
+                {
+                    dom: SMIE(
+                        num_classes,
+                        cfg.data.crop,
+                        use_global=me.mi_global,
+                        use_local=me.mi_local,
+                        use_prior=me.mi_prior,
+                        alpha=me.mi_alpha,
+                        beta=me.mi_beta,
+                        gamma=me.mi_gamma,
+                        prior=me.prior,
+                    )
+                    for dom in ("src", "tgt")
+                }
+            )
 
     @property
     def options(self) -> VAEOptions:
@@ -147,8 +199,9 @@ class VAEMethod(VariationalMethod):
         terms, src, tgt = self.common_terms(source, target)
         me = self.options
         for i, scale in enumerate(LATENT_SCALES):
-            d = gaussian_kernel_distance(src.out.mu[i], src.out.logvar[i], tgt.out.mu[i], tgt.out.logvar[i],
-                                         pool=me.dist_pool)
+            d = gaussian_kernel_distance(
+                src.out.mu[i], src.out.logvar[i], tgt.out.mu[i], tgt.out.logvar[i], pool=me.dist_pool
+            )
             terms[f"dist_{scale}"] = me.weights.dist[i] * d
         if self.critics is not None:
             for dom, res in (("src", src), ("tgt", tgt)):

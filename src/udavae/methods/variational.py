@@ -57,10 +57,13 @@ class VariationalMethod(UDAMethod):
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         width = cfg.model.recon_width
-        self.decoders = nn.ModuleDict({
-            f"{dom}_{scale}": ReconDecoder(self.net.channels[i], num_classes, width)
-            for dom in DOMAINS for i, scale in enumerate(LATENT_SCALES)
-        })
+        self.decoders = nn.ModuleDict(
+            {
+                f"{dom}_{scale}": ReconDecoder(self.net.channels[i], num_classes, width)
+                for dom in DOMAINS
+                for i, scale in enumerate(LATENT_SCALES)
+            }
+        )
 
     def _conditions(self, out: VAEOutput, labels: Sequence[Tensor] | None) -> list[Tensor]:
         """Class maps fed to the decoders: one-hot labels if given, else the softmax predictions."""
@@ -80,8 +83,7 @@ class VariationalMethod(UDAMethod):
         fusion head (about 2 GFLOP per step at the paper size).
         """
         if target is None:
-            raise ValueError(f"method kind {self.kind!r} adapts to the target domain: "
-                             "it needs a target batch")
+            raise ValueError(f"method kind {self.kind!r} adapts to the target domain: it needs a target batch")
         src_img = batch_images(source, "source")
         tgt_img = batch_images(target, "target")
         labels = batch_labels(source, "source")

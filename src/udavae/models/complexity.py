@@ -34,13 +34,12 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def synthetic_batch(batch: int, crop: int, num_classes: int, device: torch.device | str,
-                    labelled: bool = True) -> dict[str, list[torch.Tensor]]:
+def synthetic_batch(
+    batch: int, crop: int, num_classes: int, device: torch.device | str, labelled: bool = True
+) -> dict[str, list[torch.Tensor]]:
     """A random batch in the data layer's format (three scales; labels if ``labelled``)."""
     sizes = [crop // 2**i for i in range(3)]
-    out: dict[str, list[torch.Tensor]] = {
-        "image": [torch.rand(batch, 1, s, s, device=device) for s in sizes]
-    }
+    out: dict[str, list[torch.Tensor]] = {"image": [torch.rand(batch, 1, s, s, device=device) for s in sizes]}
     if labelled:
         out["label"] = [torch.randint(0, num_classes, (batch, s, s), device=device) for s in sizes]
     return out

@@ -17,8 +17,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ImageGenerator", "ImagePool", "LatentDecoder", "PatchDiscriminator", "ResidualBlock", "init_gan_weights",
-           "lsgan_discriminator_loss", "lsgan_generator_loss"]
+__all__ = [
+    "ImageGenerator",
+    "ImagePool",
+    "LatentDecoder",
+    "PatchDiscriminator",
+    "ResidualBlock",
+    "init_gan_weights",
+    "lsgan_discriminator_loss",
+    "lsgan_generator_loss",
+]
 
 
 def init_gan_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -52,8 +60,9 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(*_conv_in_relu(channels, channels, 3),
-                                  nn.Conv2d(channels, channels, 3, padding=1), _norm(channels))
+        self.body = nn.Sequential(
+            *_conv_in_relu(channels, channels, 3), nn.Conv2d(channels, channels, 3, padding=1), _norm(channels)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """``relu(x + body(x))``."""
@@ -82,9 +91,13 @@ class ImageGenerator(nn.Module):
         self.skip = skip
         w = width
         self.body = nn.Sequential(
-            *_conv_in_relu(channels, w, 7), *_conv_in_relu(w, 2 * w, 3, 2), *_conv_in_relu(2 * w, 4 * w, 3, 2),
+            *_conv_in_relu(channels, w, 7),
+            *_conv_in_relu(w, 2 * w, 3, 2),
+            *_conv_in_relu(2 * w, 4 * w, 3, 2),
             *[ResidualBlock(4 * w) for _ in range(blocks)],
-            *_up_in_relu(4 * w, 2 * w), *_up_in_relu(2 * w, w), _image_head(w, channels),
+            *_up_in_relu(4 * w, 2 * w),
+            *_up_in_relu(2 * w, w),
+            _image_head(w, channels),
         )
         init_gan_weights(self)
 
@@ -110,8 +123,9 @@ class LatentDecoder(nn.Module):
         channels: image channels.
     """
 
-    def __init__(self, in_channels: int, width: int, blocks: int = 4, upsamplings: int = 2, skip: bool = True,
-                 channels: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, width: int, blocks: int = 4, upsamplings: int = 2, skip: bool = True, channels: int = 1
+    ) -> None:
         super().__init__()
         if upsamplings < 1:
             raise ValueError(f"upsamplings must be >= 1, got {upsamplings}")
@@ -121,8 +135,12 @@ class LatentDecoder(nn.Module):
         ups: list[nn.Module] = []
         for cin, cout in zip(widths[:-1], widths[1:]):
             ups += _up_in_relu(cin, cout)
-        self.body = nn.Sequential(*_conv_in_relu(in_channels, 4 * w, 3), *[ResidualBlock(4 * w) for _ in range(blocks)],
-                                  *ups, _image_head(widths[-1], channels))
+        self.body = nn.Sequential(
+            *_conv_in_relu(in_channels, 4 * w, 3),
+            *[ResidualBlock(4 * w) for _ in range(blocks)],
+            *ups,
+            _image_head(widths[-1], channels),
+        )
         init_gan_weights(self)
 
     def forward(self, features: Tensor, image: Tensor) -> Tensor:
@@ -147,8 +165,9 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         w = width
         layers: list[nn.Module] = []
-        for i, (cin, cout, stride) in enumerate(((in_channels, w, 2), (w, 2 * w, 2), (2 * w, 4 * w, 2),
-                                                 (4 * w, 8 * w, 1))):
+        for i, (cin, cout, stride) in enumerate(
+            ((in_channels, w, 2), (w, 2 * w, 2), (2 * w, 4 * w, 2), (4 * w, 8 * w, 1))
+        ):
             layers.append(nn.Conv2d(cin, cout, 4, stride, padding=2))
             if i > 0:
                 layers.append(_norm(cout))

@@ -47,8 +47,10 @@ class GlobalCritic(nn.Module):
         self.y_branch = _conv_in_relu(3 * num_classes, 3)
         self.m_branch = nn.Sequential(_conv_in_relu(3, 3), _conv_in_relu(3, 1))
         self.fc = nn.Sequential(
-            nn.Linear(4 * half * half, 128), nn.ReLU(inplace=True),
-            nn.Linear(128, 128), nn.ReLU(inplace=True),
+            nn.Linear(4 * half * half, 128),
+            nn.ReLU(inplace=True),
+            nn.Linear(128, 128),
+            nn.ReLU(inplace=True),
             nn.Linear(128, 1),
         )
 
@@ -64,12 +66,15 @@ class LocalCritic(nn.Module):
 
     def __init__(self, num_classes: int, half: int) -> None:
         super().__init__()
-        self.y_branch = nn.Sequential(_conv_in_relu(3 * num_classes, 3), _conv_in_relu(3, 1), nn.Flatten(1),
-                                      nn.Linear(half * half, 32))
+        self.y_branch = nn.Sequential(
+            _conv_in_relu(3 * num_classes, 3), _conv_in_relu(3, 1), nn.Flatten(1), nn.Linear(half * half, 32)
+        )
         self.m_branch = _conv_in_relu(3, 3)
         self.joint = nn.Sequential(
-            nn.Conv2d(32 + 3, 64, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(32 + 3, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
             nn.Conv2d(64, 1, 3, padding=1),
         )
 
@@ -86,9 +91,12 @@ class PriorCritic(nn.Module):
     def __init__(self, num_classes: int, quarter: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _conv_in_relu(3 * num_classes, 1), nn.Flatten(1),
-            nn.Linear(quarter * quarter, 256), nn.ReLU(inplace=True),
-            nn.Linear(256, 256), nn.ReLU(inplace=True),
+            _conv_in_relu(3 * num_classes, 1),
+            nn.Flatten(1),
+            nn.Linear(quarter * quarter, 256),
+            nn.ReLU(inplace=True),
+            nn.Linear(256, 256),
+            nn.ReLU(inplace=True),
             nn.Linear(256, 1),
         )
 
@@ -109,9 +117,19 @@ class SMIE(nn.Module):
         prior: reference distribution of the prior critic, ``uniform`` on [0, 1) or ``normal`` N(0, 1).
     """
 
-    def __init__(self, num_classes: int, crop_size: int, *, use_global: bool = True, use_local: bool = True,
-                 use_prior: bool = True, alpha: float = 0.5, beta: float = 1.0, gamma: float = 0.1,
-                 prior: str = "uniform") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        crop_size: int,
+        *,
+        use_global: bool = True,
+        use_local: bool = True,
+        use_prior: bool = True,
+        alpha: float = 0.5,
+        beta: float = 1.0,
+        gamma: float = 0.1,
+        prior: str = "uniform",
+    ) -> None:
         super().__init__()
         if crop_size < 4 or crop_size % 4:
             raise ValueError(f"SMIE crop_size must be a positive multiple of 4, got {crop_size}")
@@ -155,8 +173,10 @@ class SMIE(nn.Module):
             y_half = _at_half(y)
             m_half = _at_half(m)
             m_neg = torch.roll(m_half, shifts=-1, dims=0)  # row i <- row i+1, last <- first
-            for name, critic, weight in (("global", self.global_critic, self.alpha),
-                                         ("local", self.local_critic, self.beta)):
+            for name, critic, weight in (
+                ("global", self.global_critic, self.alpha),
+                ("local", self.local_critic, self.beta),
+            ):
                 if critic is None:
                     continue
                 out[name] = jsd_mi(critic(y_half, m_half), critic(y_half, m_neg))

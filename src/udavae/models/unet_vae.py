@@ -112,9 +112,7 @@ class UNetVAE(nn.Module):
         ch = [cfg.base_width * 2**i for i in range(cfg.depth)]
         self.channels = tuple(ch)
         self.pool = nn.MaxPool2d(2, 2)
-        self.encoder = nn.ModuleList(
-            _conv_pair(in_channels if i == 0 else ch[i - 1], ch[i]) for i in range(cfg.depth)
-        )
+        self.encoder = nn.ModuleList(_conv_pair(in_channels if i == 0 else ch[i - 1], ch[i]) for i in range(cfg.depth))
         # Decoder stage at level l (0 = full .. depth-2) up-samples level l+1; index = level.
         # The stage producing the 1/4 latent (level 2) has no dropout, as in the authors' code.
         self.up = nn.ModuleList(nn.ConvTranspose2d(ch[l + 1], ch[l], 2, stride=2) for l in range(cfg.depth - 1))
@@ -124,12 +122,15 @@ class UNetVAE(nn.Module):
         # Latent scales, ordered (full, 1/2, 1/4) = levels (0, 1, 2).
         self.heads = nn.ModuleList(GaussianHeads(ch[l], cfg.mean_head) for l in range(3))
         k = num_classes
-        self.seg_heads = nn.ModuleList([
-            nn.Sequential(_conv3x3(ch[0], ch[0]), nn.InstanceNorm2d(ch[0]), nn.ReLU(inplace=True),
-                          _conv3x3(ch[0], k)),
-            _conv3x3(ch[1], k),
-            _conv3x3(ch[2], k),
-        ])
+        self.seg_heads = nn.ModuleList(
+            [
+                nn.Sequential(
+                    _conv3x3(ch[0], ch[0]), nn.InstanceNorm2d(ch[0]), nn.ReLU(inplace=True), _conv3x3(ch[0], k)
+                ),
+                _conv3x3(ch[1], k),
+                _conv3x3(ch[2], k),
+            ]
+        )
         self.fusion = nn.Sequential(
             _conv3x3(3 * k, 3 * k), nn.InstanceNorm2d(3 * k), nn.ReLU(inplace=True), _conv3x3(3 * k, k)
         )
@@ -197,8 +198,7 @@ class UNetVAE(nn.Module):
             (
                 torch.softmax(seg_full, dim=1),
                 F.interpolate(torch.softmax(seg_half, dim=1), size=size, mode="bilinear", align_corners=False),
-                F.interpolate(torch.softmax(seg_quarter, dim=1), size=size, mode="bilinear",
-                              align_corners=False),
+                F.interpolate(torch.softmax(seg_quarter, dim=1), size=size, mode="bilinear", align_corners=False),
             ),
             dim=1,
         )

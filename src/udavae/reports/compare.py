@@ -45,13 +45,39 @@ __all__ = [
 
 #: Output formats ``--formats`` chooses from (compare.json is always written).
 FORMATS: tuple[str, ...] = ("md", "csv", "tex", "png")
-COMPARE_COLUMNS: tuple[str, ...] = ("group", "split", "structure", "metric", "unit", "n_seeds", "seeds", "mean",
-                                    "std", "ci_low", "ci_high", "n_patients", "patient_mean", "seed_means")
-TESTS_COLUMNS: tuple[str, ...] = ("group", "reference", "split", "structure", "metric", "unit", "mean_diff",
-                                  "p_value", "statistic", "n_patients", "seed_std", "within_seed_noise", "note")
+COMPARE_COLUMNS: tuple[str, ...] = (
+    "group",
+    "split",
+    "structure",
+    "metric",
+    "unit",
+    "n_seeds",
+    "seeds",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "n_patients",
+    "patient_mean",
+    "seed_means",
+)
+TESTS_COLUMNS: tuple[str, ...] = (
+    "group",
+    "reference",
+    "split",
+    "structure",
+    "metric",
+    "unit",
+    "mean_diff",
+    "p_value",
+    "statistic",
+    "n_patients",
+    "seed_std",
+    "within_seed_noise",
+    "note",
+)
 _INT_COLUMNS = ("n_seeds", "n_patients")
-_FLOAT_COLUMNS = ("mean", "std", "ci_low", "ci_high", "patient_mean", "mean_diff", "p_value", "statistic",
-                  "seed_std")
+_FLOAT_COLUMNS = ("mean", "std", "ci_low", "ci_high", "patient_mean", "mean_diff", "p_value", "statistic", "seed_std")
 _GROUP_COLORS = list(plt.get_cmap("tab10").colors)
 
 
@@ -170,13 +196,17 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 def render_markdown(comp: Comparison) -> str:
     """compare.md: per split, a table per metric (groups x structures) and a tests table per metric."""
     lines = [
-        f"# Comparison on {comp.domain} ({comp.checkpoint} checkpoint)", "",
-        f"Reference group: **{comp.reference}**. Scores on the {_masks(comp)}.", "",
+        f"# Comparison on {comp.domain} ({comp.checkpoint} checkpoint)",
+        "",
+        f"Reference group: **{comp.reference}**. Scores on the {_masks(comp)}.",
+        "",
         "Cells: mean ± std over training seeds of the per-seed mean over patients "
         f"[95% bootstrap CI over patients of the seed-averaged scores, {comp.n_resamples} resamples, "
         f"seed {comp.seed}]. Tests: two-sided Wilcoxon signed-rank over patients, group - reference, on "
-        "seed-averaged scores.", "",
-        "| group | seeds | runs |", "|---|---|---|",
+        "seed-averaged scores.",
+        "",
+        "| group | seeds | runs |",
+        "|---|---|---|",
     ]
     for g in comp.groups:
         runs = [r for r in comp.runs if r.group == g]
@@ -185,8 +215,14 @@ def render_markdown(comp: Comparison) -> str:
     for split in comp.splits:
         lines += ["", f"## {comp.domain} {split} split"]
         for metric in comp.metrics:
-            rows = [[g + (" (ref)" if g == comp.reference else ""), str(len(comp.seeds(g))),
-                     *(_cell_text(comp, g, split, s, metric) for s in comp.structures)] for g in comp.groups]
+            rows = [
+                [
+                    g + (" (ref)" if g == comp.reference else ""),
+                    str(len(comp.seeds(g))),
+                    *(_cell_text(comp, g, split, s, metric) for s in comp.structures),
+                ]
+                for g in comp.groups
+            ]
             lines += ["", f"### {_metric_title(metric)}", ""]
             lines += _md_table(["group", "seeds", *comp.structures], rows)
         for metric in comp.metrics:
@@ -198,8 +234,17 @@ def render_markdown(comp: Comparison) -> str:
                     if t is None:
                         continue
                     note = "; ".join(x for x in ("within seed noise" if t.within_seed_noise else "", t.note) if x)
-                    rows.append([g, t.reference, s, _num(t.mean_diff) if not math.isfinite(t.mean_diff)
-                                 else f"{t.mean_diff:+.2f}", _p(t.p_value), str(t.n_patients), note])
+                    rows.append(
+                        [
+                            g,
+                            t.reference,
+                            s,
+                            _num(t.mean_diff) if not math.isfinite(t.mean_diff) else f"{t.mean_diff:+.2f}",
+                            _p(t.p_value),
+                            str(t.n_patients),
+                            note,
+                        ]
+                    )
             if rows:
                 lines += ["", f"### Tests, {label} ({split})", ""]
                 lines += _md_table(["group", "vs", "structure", f"Δ {label} ({unit})", "p", "n", "note"], rows)
@@ -210,8 +255,18 @@ def render_markdown(comp: Comparison) -> str:
 
 # ---------------------------------------------------------------------------------------------- LaTeX
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -275,20 +330,45 @@ def comparison_json(comp: Comparison) -> dict[str, Any]:
     files: dict[Path, dict[str, str]] = {}
     for sc in comp.scores:
         files.setdefault(sc.run.path, {})[sc.split] = str(sc.file)
-    return _plain({
-        "udavae_version": udavae.__version__,
-        "settings": {"domain": comp.domain, "reference": comp.reference, "splits": comp.splits,
-                     "checkpoint": comp.checkpoint, "raw": comp.raw, "metrics": comp.metrics,
-                     "units": {m: METRICS[m][1] for m in comp.metrics}, "bootstrap_resamples": comp.n_resamples,
-                     "bootstrap_seed": comp.seed, "confidence": 0.95},
-        "groups": [{"name": g, "seeds": comp.seeds(g),
-                    "runs": [{"path": r.path, "seed": r.seed, "group_from": r.group_from, "preset": r.preset,
-                              "method": r.method, "files": files.get(r.path, {})}
-                             for r in comp.runs if r.group == g]} for g in comp.groups],
-        "summaries": [{**s.row(), "patients": s.scores_by_patient()} for s in comp.summaries],
-        "tests": [t.row() for t in comp.tests],
-        "notes": comp.notes,
-    })
+    return _plain(
+        {
+            "udavae_version": udavae.__version__,
+            "settings": {
+                "domain": comp.domain,
+                "reference": comp.reference,
+                "splits": comp.splits,
+                "checkpoint": comp.checkpoint,
+                "raw": comp.raw,
+                "metrics": comp.metrics,
+                "units": {m: METRICS[m][1] for m in comp.metrics},
+                "bootstrap_resamples": comp.n_resamples,
+                "bootstrap_seed": comp.seed,
+                "confidence": 0.95,
+            },
+            "groups": [
+                {
+                    "name": g,
+                    "seeds": comp.seeds(g),
+                    "runs": [
+                        {
+                            "path": r.path,
+                            "seed": r.seed,
+                            "group_from": r.group_from,
+                            "preset": r.preset,
+                            "method": r.method,
+                            "files": files.get(r.path, {}),
+                        }
+                        for r in comp.runs
+                        if r.group == g
+                    ],
+                }
+                for g in comp.groups
+            ],
+            "summaries": [{**s.row(), "patients": s.scores_by_patient()} for s in comp.summaries],
+            "tests": [t.row() for t in comp.tests],
+            "notes": comp.notes,
+        }
+    )
 
 
 # -------------------------------------------------------------------------------------------- figures
@@ -314,30 +394,41 @@ def box_figure(comp: Comparison, split: str, metric: str, jitter_seed: int = 0) 
             data.append(vals)
             ticks.append(f"{g}\n(n={vals.size})")
         positions = np.arange(1, n_groups + 1)
-        box = ax.boxplot([d if d.size else [np.nan] for d in data], positions=positions, widths=0.55,
-                         showfliers=False, patch_artist=True, showmeans=True,
-                         meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black",
-                                    "markersize": 5},
-                         medianprops={"color": "black", "linewidth": 1.4})
+        box = ax.boxplot(
+            [d if d.size else [np.nan] for d in data],
+            positions=positions,
+            widths=0.55,
+            showfliers=False,
+            patch_artist=True,
+            showmeans=True,
+            meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black", "markersize": 5},
+            medianprops={"color": "black", "linewidth": 1.4},
+        )
         for i, (patch, vals) in enumerate(zip(box["boxes"], data)):
             color = _GROUP_COLORS[i % len(_GROUP_COLORS)]
             patch.set_facecolor((*color, 0.25))
             patch.set_edgecolor(color)
             x = positions[i] + rng.uniform(-0.16, 0.16, size=vals.size)
             ax.scatter(x, vals, s=16, color=color, alpha=0.8, edgecolors="white", linewidths=0.4, zorder=3)
-        ax.set_xticks(positions, ticks, rotation=30 if long_names else 0, ha="right" if long_names else "center",
-                      fontsize=8)
+        ax.set_xticks(
+            positions, ticks, rotation=30 if long_names else 0, ha="right" if long_names else "center", fontsize=8
+        )
         ax.set_title(structure, fontsize=11)
         ax.set_ylabel(f"{label} ({unit})")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    key = [Line2D([], [], ls="", marker="o", ms=5, color="grey", label="patient (mean over seeds)"),
-           Line2D([], [], color="black", lw=1.4, label="median"),
-           Line2D([], [], ls="", marker="D", ms=5, mfc="white", mec="black", label="mean"),
-           Patch(facecolor="lightgrey", edgecolor="grey", label="quartiles (whiskers: 1.5 IQR)")]
+    key = [
+        Line2D([], [], ls="", marker="o", ms=5, color="grey", label="patient (mean over seeds)"),
+        Line2D([], [], color="black", lw=1.4, label="median"),
+        Line2D([], [], ls="", marker="D", ms=5, mfc="white", mec="black", label="mean"),
+        Patch(facecolor="lightgrey", edgecolor="grey", label="quartiles (whiskers: 1.5 IQR)"),
+    ]
     fig.legend(handles=key, loc="outside lower center", ncol=4, frameon=False, fontsize=8)
-    fig.suptitle(f"{comp.domain} {split} split, {comp.checkpoint} checkpoint: {label} per patient "
-                 f"(mean over seeds; {'higher' if higher else 'lower'} is better)", fontsize=11)
+    fig.suptitle(
+        f"{comp.domain} {split} split, {comp.checkpoint} checkpoint: {label} per patient "
+        f"(mean over seeds; {'higher' if higher else 'lower'} is better)",
+        fontsize=11,
+    )
     return fig
 
 
@@ -360,20 +451,32 @@ def terminal_table(comp: Comparison) -> str:
     """The headline table for the terminal: test-split Dice mean ± std [CI] and p against the reference."""
     split, metric = _headline(comp)
     label, unit = METRICS[metric][:2]
-    cells = {g: [(_cell_text(comp, g, split, s, metric),
-                  "ref" if g == comp.reference else _p(getattr(comp.test(g, split, s, metric), "p_value", math.nan)))
-                 for s in comp.structures] for g in comp.groups}
+    cells = {
+        g: [
+            (
+                _cell_text(comp, g, split, s, metric),
+                "ref" if g == comp.reference else _p(getattr(comp.test(g, split, s, metric), "p_value", math.nan)),
+            )
+            for s in comp.structures
+        ]
+        for g in comp.groups
+    }
     gw = max(5, *(len(g) for g in comp.groups))
     cw = max(len(s) for s in comp.structures) if comp.structures else 0
     cw = max(cw, *(len(c) for row in cells.values() for c, _ in row)) if comp.structures else 0
     pw = 7 if len(comp.groups) > 1 else 0  # a lone group is tested against nothing: no p column
     head = f"{'group':<{gw}}  seeds  " + "  ".join(f"{s:<{cw}}  {'p' if pw else '':<{pw}}" for s in comp.structures)
-    lines = [f"{comp.domain} {split} split, {label} {unit} ({comp.checkpoint} checkpoint): mean ± std over seeds "
-             "[95% CI over patients]" + (f", p: Wilcoxon over patients vs {comp.reference}" if pw else ""),
-             head, "-" * len(head)]
+    lines = [
+        f"{comp.domain} {split} split, {label} {unit} ({comp.checkpoint} checkpoint): mean ± std over seeds "
+        "[95% CI over patients]" + (f", p: Wilcoxon over patients vs {comp.reference}" if pw else ""),
+        head,
+        "-" * len(head),
+    ]
     for g in comp.groups:
-        lines.append(f"{g:<{gw}}  {len(comp.seeds(g)):>5}  "
-                     + "  ".join(f"{c:<{cw}}  {p if pw else '':<{pw}}" for c, p in cells[g]).rstrip())
+        lines.append(
+            f"{g:<{gw}}  {len(comp.seeds(g)):>5}  "
+            + "  ".join(f"{c:<{cw}}  {p if pw else '':<{pw}}" for c, p in cells[g]).rstrip()
+        )
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -42,20 +42,23 @@ def _best_slice(label: np.ndarray) -> int:
     return int(np.argmax((label > 0).reshape(-1, label.shape[-1]).sum(0)))
 
 
-def overlay_figure(cases: list, predictions: list[np.ndarray], num_classes: int, path: Path,
-                   names: dict[int, str]) -> Path:
+def overlay_figure(
+    cases: list, predictions: list[np.ndarray], num_classes: int, path: Path, names: dict[int, str]
+) -> Path:
     """Image / ground truth / prediction on each case's most-labelled slice."""
     cmap = _label_cmap(num_classes)
     fig, axes = plt.subplots(len(cases), 3, figsize=(9, 3 * len(cases)), squeeze=False)
     for row, (case, pred) in zip(axes, zip(cases, predictions)):
         k = _best_slice(case.native_label)
         img = case.reference.data[:, :, k]
-        for ax, title, lab in zip(row, ("image", "ground truth", "prediction"),
-                                  (None, case.native_label[:, :, k], pred[:, :, k])):
+        for ax, title, lab in zip(
+            row, ("image", "ground truth", "prediction"), (None, case.native_label[:, :, k], pred[:, :, k])
+        ):
             ax.imshow(img.T, cmap="gray", origin="lower")
             if lab is not None:
-                ax.imshow(lab.T, cmap=cmap, vmin=0, vmax=num_classes - 1, alpha=0.5, origin="lower",
-                          interpolation="nearest")
+                ax.imshow(
+                    lab.T, cmap=cmap, vmin=0, vmax=num_classes - 1, alpha=0.5, origin="lower", interpolation="nearest"
+                )
             ax.set_title(f"{case.id} {title}" if title == "image" else title, fontsize=9)
             ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in names]
@@ -63,8 +66,14 @@ def overlay_figure(cases: list, predictions: list[np.ndarray], num_classes: int,
     return _save(fig, path)
 
 
-def reconstruction_figure(method, source_slices: torch.Tensor, source_labels: torch.Tensor,
-                          target_slices: torch.Tensor, device: torch.device, path: Path) -> Path | None:
+def reconstruction_figure(
+    method,
+    source_slices: torch.Tensor,
+    source_labels: torch.Tensor,
+    target_slices: torch.Tensor,
+    device: torch.device,
+    path: Path,
+) -> Path | None:
     """Source / target images and their full-scale reconstructions (None if the method has none)."""
     from udavae.data.sampling import multiscale
 
@@ -77,8 +86,12 @@ def reconstruction_figure(method, source_slices: torch.Tensor, source_labels: to
         return None
     n = source_slices.shape[0]
     fig, axes = plt.subplots(4, n, figsize=(2.4 * n, 9.6), squeeze=False)
-    rows = [("source", source_slices), ("source recon", rs[:, 0].float().cpu()),
-            ("target", target_slices), ("target recon", rt[:, 0].float().cpu())]
+    rows = [
+        ("source", source_slices),
+        ("source recon", rs[:, 0].float().cpu()),
+        ("target", target_slices),
+        ("target recon", rt[:, 0].float().cpu()),
+    ]
     for r, (title, imgs) in enumerate(rows):
         for c in range(n):
             # same display convention as the overlays: array (x, y) shown transposed, origin lower
@@ -89,8 +102,9 @@ def reconstruction_figure(method, source_slices: torch.Tensor, source_labels: to
 
 
 #: Colours of the loss families (``total`` is drawn in black); 20 distinct ones, none reused in a panel.
-_CURVE_COLORS = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors) \
-    + list(plt.get_cmap("Set1").colors)[:2]
+_CURVE_COLORS = (
+    list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors) + list(plt.get_cmap("Set1").colors)[:2]
+)
 #: Families in the order the objective lists them, so a family keeps its colour across methods.
 _FAMILY_ORDER = ("seg", "recon", "kl", "dist", "mi", "cf", "mean")
 
@@ -134,15 +148,23 @@ def training_curves(rows: list[dict], title: str = "training curves") -> plt.Fig
 
     fams = loss_families(rows)
     fixed = dict(zip(_FAMILY_ORDER, _CURVE_COLORS))  # a known family has the same colour in every run
-    spare = itertools.cycle(_CURVE_COLORS[len(_FAMILY_ORDER):])  # repeats only past 20 families
+    spare = itertools.cycle(_CURVE_COLORS[len(_FAMILY_ORDER) :])  # repeats only past 20 families
     for fam, vals in fams.items():
         total = fam == "total"
         v = np.asarray(vals, dtype=float)
         last = v[np.isfinite(v)][-1] if np.isfinite(v).any() else float("nan")
         colour = "black" if total else fixed.get(fam) or next(spare)
         shown = f"{last:.0f}" if abs(last) >= 100 else f"{last:.3g}"  # 3404, not 3.4e+03
-        a.plot(epochs, v, marker="o", ms=3.5 if total else 3, lw=2.2 if total else 1.4, color=colour,
-               label=f"{fam} ({shown})", zorder=3 if total else 2)
+        a.plot(
+            epochs,
+            v,
+            marker="o",
+            ms=3.5 if total else 3,
+            lw=2.2 if total else 1.4,
+            color=colour,
+            label=f"{fam} ({shown})",
+            zorder=3 if total else 2,
+        )
     scale, kw = _loss_scale(np.array(list(fams.values()), dtype=float)) if fams else ("linear", {})
     a.set_yscale(scale, **kw)
     a.set_ylabel("weighted loss per step")
@@ -161,15 +183,34 @@ def training_curves(rows: list[dict], title: str = "training curves") -> plt.Fig
             continue
         mean = key == "val/dice_mean"
         top = max(top, float(np.nanmax(pts[:, 1])) if np.isfinite(pts[:, 1]).any() else 0.0)
-        b.plot(pts[:, 0], pts[:, 1], marker="o", ms=3.5 if mean else 3, lw=2.2 if mean else 1.4,
-               color="black" if mean else next(colours), label=key[9:], zorder=3 if mean else 2)
-    best = [(r["epoch"], 100 * r["val/dice_mean"]) for r in rows
-            if r.get("val/dice_mean") is not None and np.isfinite(r["val/dice_mean"])]
+        b.plot(
+            pts[:, 0],
+            pts[:, 1],
+            marker="o",
+            ms=3.5 if mean else 3,
+            lw=2.2 if mean else 1.4,
+            color="black" if mean else next(colours),
+            label=key[9:],
+            zorder=3 if mean else 2,
+        )
+    best = [
+        (r["epoch"], 100 * r["val/dice_mean"])
+        for r in rows
+        if r.get("val/dice_mean") is not None and np.isfinite(r["val/dice_mean"])
+    ]
     if best:
         be, bv = max(best, key=lambda p: p[1])
         b.axvline(be, color="0.5", ls=":", lw=1)
-        b.plot([be], [bv], marker="*", ms=12, color="black", ls="none", zorder=4,
-               label=f"best mean {bv:.1f}\n(epoch {be:g})")
+        b.plot(
+            [be],
+            [bv],
+            marker="*",
+            ms=12,
+            color="black",
+            ls="none",
+            zorder=4,
+            label=f"best mean {bv:.1f}\n(epoch {be:g})",
+        )
     if dice_keys:
         b.set_ylim(0, min(100.0, top * 1.1 + 2))
         b.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, borderaxespad=0)
@@ -207,8 +248,14 @@ def curves_figure(log_path: Path, path: Path) -> Path | None:
     return _save(training_curves(rows, title), path)
 
 
-def make_report(run: str | Path, out: str | Path, split: str = "test", n_cases: int = 4,
-                checkpoint: str = "best", device: str = "auto") -> list[Path]:
+def make_report(
+    run: str | Path,
+    out: str | Path,
+    split: str = "test",
+    n_cases: int = 4,
+    checkpoint: str = "best",
+    device: str = "auto",
+) -> list[Path]:
     """Write the report figures of a model folder; returns the files written."""
     from udavae.data.spec import DatasetSpec
     from udavae.data.volumes import load_cases
@@ -234,8 +281,14 @@ def make_report(run: str | Path, out: str | Path, split: str = "test", n_cases: 
             s, t = src[0], loaded[0]
             si = np.linspace(0, s.image.shape[0] - 1, 4).round().astype(int)
             ti = np.linspace(0, t.image.shape[0] - 1, 4).round().astype(int)
-            f = reconstruction_figure(method, s.image[si], s.label[si], t.image[ti], dev,  # type: ignore[index]
-                                      out / "reconstructions.png")
+            f = reconstruction_figure(
+                method,
+                s.image[si],
+                s.label[si],
+                t.image[ti],
+                dev,  # type: ignore[index]
+                out / "reconstructions.png",
+            )
             if f is not None:
                 written.append(f)
     f = curves_figure(run / LOG_JSONL, out / "training_curves.png")

@@ -34,8 +34,10 @@ def _method(preset: str) -> UDAMethod:
 
 def _batches(needs_target: bool) -> list[tuple[dict, dict | None]]:
     torch.manual_seed(1)
-    return [(synthetic_batch(2, 32, 4, "cpu"), synthetic_batch(2, 32, 4, "cpu", labelled=False) if needs_target
-             else None) for _ in range(N_STEPS)]
+    return [
+        (synthetic_batch(2, 32, 4, "cpu"), synthetic_batch(2, 32, 4, "cpu", labelled=False) if needs_target else None)
+        for _ in range(N_STEPS)
+    ]
 
 
 def _published_step(method: UDAMethod) -> list[dict[str, torch.Tensor]]:
@@ -146,14 +148,15 @@ def test_each_param_group_decays_from_its_own_base_rate() -> None:
     remember_base_lr(opts)  # what the trainer does for optimisers without base_lr
     fake = SimpleNamespace(cfg=cfg, epoch=2, optimizers=opts)
     rates = Trainer._set_lr(fake)  # type: ignore[arg-type]
-    decay = cfg.optim.lr_decay ** 2
+    decay = cfg.optim.lr_decay**2
     assert opts["gen"].param_groups[0]["lr"] == cfg.optim.lr * decay
     assert opts["disc"].param_groups[0]["lr"] == 4 * cfg.optim.lr * decay
     assert rates == {"lr": cfg.optim.lr * decay, "lr/disc": 4 * cfg.optim.lr * decay}
     # the default optimisers log one rate, as before
     default = _method("udavae++").configure_optimizers(cfg.optim)
     assert Trainer._set_lr(SimpleNamespace(cfg=cfg, epoch=1, optimizers=default)) == {  # type: ignore[arg-type]
-        "lr": cfg.optim.lr * cfg.optim.lr_decay}
+        "lr": cfg.optim.lr * cfg.optim.lr_decay
+    }
 
 
 def test_optimizer_state_without_base_lr_loads_with_the_configured_rate() -> None:
@@ -183,11 +186,23 @@ def _old_checkpoint(run: Path) -> None:
     for sd in state["optimizers"].values():
         for g in sd["param_groups"]:
             del g["base_lr"]
-    state["config"]["method"].update({"mi_global": False, "mi_local": False, "mi_prior": False, "mi_alpha": 0.5,
-                                      "mi_beta": 1.0, "mi_gamma": 0.1, "prior": "uniform", "dist_pool": 4,
-                                      "cf_band": 100.0, "cf_pool": 20})
-    state["config"]["method"]["weights"].update({"recon": 10.0, "kl": 1.0, "dist": [0.001, 0.001, 0.0001],
-                                                 "mi": 100.0, "cf": 1e-5, "mean_match": 1000.0})
+    state["config"]["method"].update(
+        {
+            "mi_global": False,
+            "mi_local": False,
+            "mi_prior": False,
+            "mi_alpha": 0.5,
+            "mi_beta": 1.0,
+            "mi_gamma": 0.1,
+            "prior": "uniform",
+            "dist_pool": 4,
+            "cf_band": 100.0,
+            "cf_pool": 20,
+        }
+    )
+    state["config"]["method"]["weights"].update(
+        {"recon": 10.0, "kl": 1.0, "dist": [0.001, 0.001, 0.0001], "mi": 100.0, "cf": 1e-5, "mean_match": 1000.0}
+    )
     save_checkpoint(path, state)
 
 
@@ -196,8 +211,15 @@ def test_resume_from_a_checkpoint_written_before_the_hooks(tmp_path: Path) -> No
 
     data, run = tmp_path / "data", tmp_path / "run"
     generate_dataset(data, n_source=2, n_target=2, size=32, slices=2, seed=1, n_val=1)
-    over = {**TINY, "data.dataset": str(data), "data.jitter": 0, "runtime.device": "cpu",
-            "optim.iters_per_epoch": 1, "optim.epochs": 1, "data.num_workers": 0}
+    over = {
+        **TINY,
+        "data.dataset": str(data),
+        "data.jitter": 0,
+        "runtime.device": "cpu",
+        "optim.iters_per_epoch": 1,
+        "optim.epochs": 1,
+        "data.num_workers": 0,
+    }
     Trainer(build_config("noadapt", "tiny", over), run).fit()
     _old_checkpoint(run)
     cfg = build_config("noadapt", "tiny", {**over, "optim.epochs": 2})
@@ -208,10 +230,12 @@ def test_resume_from_a_checkpoint_written_before_the_hooks(tmp_path: Path) -> No
     assert [r["lr"] for r in rows] == [cfg.optim.lr, cfg.optim.lr * cfg.optim.lr_decay]
 
 
-@pytest.mark.parametrize(("preset", "refused"), [("udavae++", False), ("noadapt", False), ("sifa", True),
-                                                 ("pnp-adanet", True)])
-def test_methods_with_several_backward_passes_refuse_ddp(preset: str, refused: bool,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("preset", "refused"), [("udavae++", False), ("noadapt", False), ("sifa", True), ("pnp-adanet", True)]
+)
+def test_methods_with_several_backward_passes_refuse_ddp(
+    preset: str, refused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One shared check (called by the trainer before wrapping in DDP) for every method that cannot use DDP."""
     import torch.distributed as dist
 

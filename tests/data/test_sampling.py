@@ -52,7 +52,7 @@ def test_nearest_downsampling_keeps_every_class() -> None:
         for cls in (1, 2, 3):
             h, w = rng.integers(4, 30, size=2)
             y, x = rng.integers(0, 160 - 30, size=2)
-            lab[0, y:y + h, x:x + w] = cls
+            lab[0, y : y + h, x : x + w] = cls
         pyramid = multiscale({"image": torch.zeros(1, 1, 160, 160), "label": lab})["label"]
         present = set(lab.unique().tolist())
         for t in pyramid[1:]:
@@ -94,7 +94,7 @@ def test_shorter_domain_is_cycled_and_each_pass_is_a_permutation() -> None:
     s = StreamSampler(n=7, batch_size=3, seed=0)
     keys = list(itertools.islice(iter(s), 21))
     for k in range(3):
-        assert sorted(i for i, _ in keys[7 * k:7 * k + 7]) == list(range(7))
+        assert sorted(i for i, _ in keys[7 * k : 7 * k + 7]) == list(range(7))
     assert [p for _, p in keys] == list(range(21))
 
 

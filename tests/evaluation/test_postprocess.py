@@ -16,9 +16,26 @@ from udavae.engine.model_folder import load_postprocessing, save_postprocessing
 from udavae.evaluation.postprocess import PostProcessing, decide_postprocessing, keep_largest_component
 
 NAMES = {1: "MYO", 2: "LV"}
-TRAIN_ARGS = ["--preset", "uda-vae", "--profile", "tiny", "--device", "cpu", "--seed", "1",
-              "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2",
-              "model.base_width=4", "model.recon_width=8", "data.crop=48", "data.jitter=8"]
+TRAIN_ARGS = [
+    "--preset",
+    "uda-vae",
+    "--profile",
+    "tiny",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+    "--epochs",
+    "1",
+    "--iters-per-epoch",
+    "2",
+    "--batch-size",
+    "2",
+    "model.base_width=4",
+    "model.recon_width=8",
+    "data.crop=48",
+    "data.jitter=8",
+]
 
 
 def _volume() -> tuple[np.ndarray, np.ndarray]:
@@ -91,11 +108,16 @@ def test_training_stores_a_decision_for_both_checkpoints(run: Path) -> None:
         assert set(entry["largest_component"]) == chosen
 
 
-def test_evaluate_and_predict_apply_the_stored_decision(run: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_and_predict_apply_the_stored_decision(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     save_postprocessing(run, "best", PostProcessing(("MYO", "LV", "RV"), "forced for the test"))
-    assert main(["evaluate", str(run), "--split", "test", "--out", str(tmp_path / "ev"), "--device", "cpu",
-                 "--save-masks"]) == 0
+    assert (
+        main(
+            ["evaluate", str(run), "--split", "test", "--out", str(tmp_path / "ev"), "--device", "cpu", "--save-masks"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["postprocessing"]["largest_component"] == ["MYO", "LV", "RV"]
@@ -103,8 +125,7 @@ def test_evaluate_and_predict_apply_the_stored_decision(run: Path, tmp_path: Pat
     masks = sorted((tmp_path / "ev" / "masks").iterdir())
     images = run.parent / "data" / "LGE" / "images"
     assert main(["predict", str(run), str(images), str(tmp_path / "pred"), "--device", "cpu"]) == 0
-    assert main(["predict", str(run), str(images), str(tmp_path / "raw"), "--device", "cpu",
-                 "--no-postprocess"]) == 0
+    assert main(["predict", str(run), str(images), str(tmp_path / "raw"), "--device", "cpu", "--no-postprocess"]) == 0
     assert "largest connected component kept for MYO, LV, RV" in capsys.readouterr().out
     for f in sorted((tmp_path / "pred").glob("*.nii.gz")):
         codes = np.asarray(nib.load(f).dataobj)
@@ -113,8 +134,10 @@ def test_evaluate_and_predict_apply_the_stored_decision(run: Path, tmp_path: Pat
         raw = np.asarray(nib.load(tmp_path / "raw" / f.name).dataobj)
         assert np.all((codes == raw) | (codes == 0))  # the filter only removes voxels
     # raw metrics are written beside the post-processed ones exactly when the filter changed a test mask
-    changed = any(not np.array_equal(np.asarray(nib.load(m).dataobj),
-                                      np.asarray(nib.load(tmp_path / "raw" / m.name).dataobj)) for m in masks)
+    changed = any(
+        not np.array_equal(np.asarray(nib.load(m).dataobj), np.asarray(nib.load(tmp_path / "raw" / m.name).dataobj))
+        for m in masks
+    )
     assert ("raw" in summary) == changed == (tmp_path / "ev" / "metrics_raw.csv").is_file()
 
 

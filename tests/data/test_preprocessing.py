@@ -42,7 +42,7 @@ def test_crop_pad_round_trip_is_exact(shape: tuple[int, int, int]) -> None:
     x0 = max(0, (shape[0] - 48) // 2)
     y0 = max(0, (shape[1] - 64) // 2)
     keep = np.zeros(shape, bool)
-    keep[x0:x0 + min(48, shape[0]), y0:y0 + min(64, shape[1])] = True
+    keep[x0 : x0 + min(48, shape[0]), y0 : y0 + min(64, shape[1])] = True
     assert np.array_equal(back[keep], lab[keep])
     assert not back[~keep].any()
 

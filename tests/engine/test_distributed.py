@@ -19,10 +19,38 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     generate_dataset(data, n_source=3, n_target=4, size=48, slices=3, seed=2, n_val=1)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           "-m", "udavae", "train", "--dataset", str(data), "--out", str(out), "--preset", "udavae++",
-           "--profile", "tiny", "--device", "cpu", "--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "2",
-           "model.base_width=4", "model.recon_width=8", "data.crop=32", "data.jitter=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "udavae",
+        "train",
+        "--dataset",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        "udavae++",
+        "--profile",
+        "tiny",
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--iters-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        "model.base_width=4",
+        "model.recon_width=8",
+        "data.crop=32",
+        "data.jitter=4",
+    ]
     env = {**os.environ, "UDAVAE_NO_MALLOC_TUNING": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -40,7 +40,7 @@ def _table(out: str) -> dict[str, list[str]]:
     """``config show`` rows by key: [type, value, source, description]."""
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("KEY "))
-    rows = [re.split(r"\s{2,}", line.strip(), maxsplit=4) for line in lines[header + 1:]]
+    rows = [re.split(r"\s{2,}", line.strip(), maxsplit=4) for line in lines[header + 1 :]]
     return {r[0]: [*r[1:], ""][:4] for r in rows}
 
 
@@ -112,14 +112,17 @@ def test_ablation_help_matches_the_preset_definitions() -> None:
 # ----------------------------------------------------------------- 3. override messages
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("model.depth", "x", "model.depth: expected an integer, got 'x'"),
-    ("model.depth", "2.5", "model.depth: expected an integer, got '2.5'"),
-    ("data.crop", "inf", "data.crop: expected an integer, got 'inf'"),
-    ("optim.lr", "fast", "optim.lr: expected a number, got 'fast'"),
-    ("method.weights.dist", "1,x,3", "method.weights.dist: expected a number, got 'x'"),
-    ("data.augment", "maybe", "data.augment: expected a boolean (true/false, yes/no, on/off, 1/0), got 'maybe'"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("model.depth", "x", "model.depth: expected an integer, got 'x'"),
+        ("model.depth", "2.5", "model.depth: expected an integer, got '2.5'"),
+        ("data.crop", "inf", "data.crop: expected an integer, got 'inf'"),
+        ("optim.lr", "fast", "optim.lr: expected a number, got 'fast'"),
+        ("method.weights.dist", "1,x,3", "method.weights.dist: expected a number, got 'x'"),
+        ("data.augment", "maybe", "data.augment: expected a boolean (true/false, yes/no, on/off, 1/0), got 'maybe'"),
+    ],
+)
 def test_override_type_errors_read_well(key: str, value: str, message: str) -> None:
     with pytest.raises(ValueError) as exc:
         apply_overrides(Config(), {key: value})
@@ -140,8 +143,22 @@ def test_train_help_gives_the_measured_cpu_time(capsys) -> None:
 
 # ----------------------------------------------------------------- 5. --resume says where it goes on
 
-_TINY = ["--preset", "noadapt", "--profile", "tiny", "--device", "cpu", "--iters-per-epoch", "1", "--batch-size", "2",
-         "model.base_width=4", "model.recon_width=8", "data.crop=32", "data.jitter=0"]
+_TINY = [
+    "--preset",
+    "noadapt",
+    "--profile",
+    "tiny",
+    "--device",
+    "cpu",
+    "--iters-per-epoch",
+    "1",
+    "--batch-size",
+    "2",
+    "model.base_width=4",
+    "model.recon_width=8",
+    "data.crop=32",
+    "data.jitter=0",
+]
 
 
 def test_resume_says_from_which_epoch(tmp_path: Path, capsys) -> None:
@@ -154,9 +171,10 @@ def test_resume_says_from_which_epoch(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert main(["train", "--dataset", str(data), "--out", str(run), "--epochs", "2", "--resume", *_TINY]) == 0
     out, err = capsys.readouterr()
-    assert re.search(rf"resuming {re.escape(str(run))} after epoch 1 of 2; best validation Dice \d+\.\d\d at epoch 1",
-                     out + err), out + err
-    assert json.loads(out[out.index("{"):])["epochs"] == 2
+    assert re.search(
+        rf"resuming {re.escape(str(run))} after epoch 1 of 2; best validation Dice \d+\.\d\d at epoch 1", out + err
+    ), out + err
+    assert json.loads(out[out.index("{") :])["epochs"] == 2
 
 
 def test_config_from_args_maps_train_flags_to_keys() -> None:
@@ -164,8 +182,25 @@ def test_config_from_args_maps_train_flags_to_keys() -> None:
     from udavae.cli import build_parser
     from udavae.cli.train_cmd import FLAG_KEYS, config_from_args
 
-    args = build_parser().parse_args(["train", "--dataset", "d", "--out", "o", "--profile", "tiny", "--epochs", "3",
-                                      "--amp", "bf16", "--compile", "--workers", "2", "model.base_width=4"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--dataset",
+            "d",
+            "--out",
+            "o",
+            "--profile",
+            "tiny",
+            "--epochs",
+            "3",
+            "--amp",
+            "bf16",
+            "--compile",
+            "--workers",
+            "2",
+            "model.base_width=4",
+        ]
+    )
     cfg = flatten(config_from_args(args).to_dict())
     assert cfg["data.dataset"] == "d" and cfg["optim.epochs"] == 3 and cfg["runtime.amp"] == "bf16"
     assert cfg["runtime.compile"] is True and cfg["data.num_workers"] == 2 and cfg["model.base_width"] == 4
@@ -175,9 +210,11 @@ def test_config_from_args_maps_train_flags_to_keys() -> None:
 
 # ----------------------------------------------------------------- 6. training-curves figure
 
-_LOSS_KEYS = ["seg_full", "seg_fusion", "seg_half", "seg_quarter"] + [
-    f"{t}_{d}_{s}" for d in ("src", "tgt") for s in ("full", "half", "quarter") for t in ("recon", "kl")
-] + ["dist_full", "dist_half", "dist_quarter", "mi_src", "mi_tgt"]
+_LOSS_KEYS = (
+    ["seg_full", "seg_fusion", "seg_half", "seg_quarter"]
+    + [f"{t}_{d}_{s}" for d in ("src", "tgt") for s in ("full", "half", "quarter") for t in ("recon", "kl")]
+    + ["dist_full", "dist_half", "dist_quarter", "mi_src", "mi_tgt"]
+)
 
 
 def _log_rows(epochs: int) -> list[dict]:
@@ -188,8 +225,18 @@ def _log_rows(epochs: int) -> list[dict]:
         for k in _LOSS_KEYS:
             row[f"loss/{k}"] = {"seg": 1500.0, "recon": 8.0, "kl": 0.3, "dist": 3.0, "mi": 200.0}[k.split("_")[0]] / e
         row["loss/total"] = sum(row[f"loss/{k}"] for k in _LOSS_KEYS)
-        row.update({"lr": 1e-3, "train_time_s": 2.0, "val/dice_MYO": 0.1 * e, "val/dice_LV": 0.2 * e,
-                    "val/dice_RV": 0.15 * e, "val/dice_mean": 0.15 * e, "best_epoch": e, "best_val_dice": 0.15 * e})
+        row.update(
+            {
+                "lr": 1e-3,
+                "train_time_s": 2.0,
+                "val/dice_MYO": 0.1 * e,
+                "val/dice_LV": 0.2 * e,
+                "val/dice_RV": 0.15 * e,
+                "val/dice_mean": 0.15 * e,
+                "best_epoch": e,
+                "best_val_dice": 0.15 * e,
+            }
+        )
         rows.append(row)
     return rows
 

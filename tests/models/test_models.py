@@ -23,11 +23,14 @@ def _on_meta(factory):
         return factory()
 
 
-@pytest.mark.parametrize(("wiring", "head", "expected"), [
-    ("skip", "gate", 31_860_383),  # HEAD network2.py / VarDA
-    ("concat", "conv", 32_634_524),  # network_wo_A.py
-    ("concat", "gate", 31_860_383),  # 2022 network2.py: shared ConvT, same count as skip
-])
+@pytest.mark.parametrize(
+    ("wiring", "head", "expected"),
+    [
+        ("skip", "gate", 31_860_383),  # HEAD network2.py / VarDA
+        ("concat", "conv", 32_634_524),  # network_wo_A.py
+        ("concat", "gate", 31_860_383),  # 2022 network2.py: shared ConvT, same count as skip
+    ],
+)
 def test_paper_width_parameter_counts(wiring: str, head: str, expected: int) -> None:
     cfg = ModelConfig(base_width=64, depth=5, wiring=wiring, mean_head=head)
     assert count_parameters(_on_meta(lambda: UNetVAE(cfg, 4))) == expected
@@ -133,8 +136,9 @@ def test_smie_negatives_roll_and_options() -> None:
 
 
 def test_meta_flop_count_equals_real_run() -> None:
-    cfg = build_config("udavae++", "tiny", {"model.base_width": 4, "model.recon_width": 8, "data.crop": 32,
-                                            "optim.batch_size": 2})
+    cfg = build_config(
+        "udavae++", "tiny", {"model.base_width": 4, "model.recon_width": 8, "data.crop": 32, "optim.batch_size": 2}
+    )
     meta = measure(cfg, 4, infer_size=32, device="meta")
     real = measure(cfg, 4, infer_size=32, device="cpu")
     assert (meta.step_flops, meta.inference_flops) == (real.step_flops, real.inference_flops)

@@ -50,9 +50,13 @@ def make_dataset(root: Path) -> DatasetSpec:
                 write_nifti(root / lab, make_label())
             cases.append(Case(case_id, img, lab if labelled else None))
         domains[dom] = cases
-    spec = DatasetSpec(name="toy", labels=LabelMap({"MYO": 200, "LV": 500, "RV": 600}), domains=domains,
-                       splits={"A": {"train": ["case1", "case2"]}, "B": {"val": ["case1"], "test": ["case2"]}},
-                       root=root)
+    spec = DatasetSpec(
+        name="toy",
+        labels=LabelMap({"MYO": 200, "LV": 500, "RV": 600}),
+        domains=domains,
+        splits={"A": {"train": ["case1", "case2"]}, "B": {"val": ["case1"], "test": ["case2"]}},
+        root=root,
+    )
     spec.save()
     return spec
 
@@ -183,8 +187,9 @@ def test_split_ids_that_do_not_exist(dataset: Path, capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.parametrize("content", [None, "{not json", '{"name": "x"}'])
-def test_missing_or_malformed_description(dataset: Path, capsys: pytest.CaptureFixture[str],
-                                          content: str | None) -> None:
+def test_missing_or_malformed_description(
+    dataset: Path, capsys: pytest.CaptureFixture[str], content: str | None
+) -> None:
     if content is None:
         (dataset / SPEC_FILE).unlink()
     else:
@@ -225,5 +230,9 @@ def test_folded_label_codes_accepted(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert check_dataset(root) == []
     lab[0, 0, 0] = 1221
     write_nifti(root / "A/labels/case2.nii.gz", lab)
-    assert_reported(root, capsys, "A/labels/case2.nii.gz",
-                    "label codes [1221] are not in the label map MYO=200+1220+2221, LV=500, RV=600")
+    assert_reported(
+        root,
+        capsys,
+        "A/labels/case2.nii.gz",
+        "label codes [1221] are not in the label map MYO=200+1220+2221, LV=500, RV=600",
+    )

@@ -20,9 +20,26 @@ from udavae.cli import main
 from udavae.data.synthetic import generate_dataset
 from udavae.fileio import atomic_write, write_text
 
-TRAIN_ARGS = ["--preset", "udavae++", "--profile", "tiny", "--device", "cpu", "--seed", "3",
-              "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2",
-              "model.base_width=4", "model.recon_width=8", "data.crop=48", "data.jitter=8"]
+TRAIN_ARGS = [
+    "--preset",
+    "udavae++",
+    "--profile",
+    "tiny",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--epochs",
+    "1",
+    "--iters-per-epoch",
+    "2",
+    "--batch-size",
+    "2",
+    "model.base_width=4",
+    "model.recon_width=8",
+    "data.crop=48",
+    "data.jitter=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +95,9 @@ def _predict(model: dict[str, Path], inp: Path | str, out: Path | str, *extra: s
 
 
 @pytest.mark.parametrize("spelling", ["same", "dot-dot", "symlink"])
-def test_predict_refuses_output_folder_equal_to_input_folder(model: dict[str, Path], tmp_path: Path,
-                                                            spelling: str, capsys) -> None:
+def test_predict_refuses_output_folder_equal_to_input_folder(
+    model: dict[str, Path], tmp_path: Path, spelling: str, capsys
+) -> None:
     inp = _inputs(model, tmp_path / "in", "a", "b")
     before = _snapshot(inp)
     out = {"same": inp, "dot-dot": inp / ".." / "in" / ".", "symlink": tmp_path / "link"}[spelling]
@@ -100,8 +118,7 @@ def test_predict_refuses_output_file_equal_to_input_file(model: dict[str, Path],
     assert _snapshot(inp) == before
 
 
-def test_predict_single_file_beside_itself_with_other_name_is_allowed(model: dict[str, Path],
-                                                                     tmp_path: Path) -> None:
+def test_predict_single_file_beside_itself_with_other_name_is_allowed(model: dict[str, Path], tmp_path: Path) -> None:
     """``x/a.nii`` -> ``x/a.nii.gz`` overwrites nothing, so it is not refused."""
     x = tmp_path / "x"
     x.mkdir()
@@ -127,8 +144,7 @@ def test_predict_refuses_two_inputs_with_the_same_output(model: dict[str, Path],
 # ------------------------------------------------------------ 2. all or nothing, --skip-bad, stale maps
 
 
-def test_predict_bad_inputs_write_nothing_and_are_all_named(model: dict[str, Path], tmp_path: Path,
-                                                            capsys) -> None:
+def test_predict_bad_inputs_write_nothing_and_are_all_named(model: dict[str, Path], tmp_path: Path, capsys) -> None:
     inp = _inputs(model, tmp_path / "in", "a_good", "d_good")
     _nan_image(inp / "b_nan.nii.gz", model)
     _truncated_image(inp / "c_cut.nii.gz", model)
@@ -144,8 +160,12 @@ def test_predict_bad_inputs_write_nothing_and_are_all_named(model: dict[str, Pat
 
 
 @pytest.mark.parametrize("bad", [_nan_image, _truncated_image])
-def test_predict_single_bad_input_creates_no_folder(model: dict[str, Path], tmp_path: Path, bad,  # noqa: ANN001
-                                                    capsys) -> None:
+def test_predict_single_bad_input_creates_no_folder(
+    model: dict[str, Path],
+    tmp_path: Path,
+    bad,  # noqa: ANN001
+    capsys,
+) -> None:
     inp = tmp_path / "scan.nii.gz"
     bad(inp, model)
     out = tmp_path / "out"
@@ -175,8 +195,7 @@ def test_predict_skip_bad_with_only_bad_inputs_fails(model: dict[str, Path], tmp
     assert not out.exists()
 
 
-def test_predict_without_samples_removes_stale_uncertainty(model: dict[str, Path], tmp_path: Path,
-                                                           capsys) -> None:
+def test_predict_without_samples_removes_stale_uncertainty(model: dict[str, Path], tmp_path: Path, capsys) -> None:
     inp = _inputs(model, tmp_path / "in", "a", "b")
     out = tmp_path / "out"
     assert _predict(model, inp, out, "--samples", "2") == 0
@@ -191,8 +210,9 @@ def test_predict_without_samples_removes_stale_uncertainty(model: dict[str, Path
 # ------------------------------------------------------------ 3. permissions follow the umask
 
 
-@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
-                         ids=["umask022", "umask077", "umask002"])
+@pytest.mark.parametrize(
+    ("mask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=["umask022", "umask077", "umask002"]
+)
 def test_atomic_writes_follow_umask(tmp_path: Path, mask: int, mode: int) -> None:
     with umask(mask):
         a = write_text(tmp_path / "a.txt", "x")

@@ -20,8 +20,17 @@ from udavae.models.complexity import synthetic_batch
 from udavae.models.gan import ImageGenerator, ImagePool, LatentDecoder, PatchDiscriminator
 
 TINY = {"model.base_width": 4, "data.crop": 32, "optim.batch_size": 2}
-GEN_TERMS = {"seg_fusion", "seg_quarter", "cyc_source", "cyc_target", "adv_target_image", "adv_source_image",
-             "adv_source_aux", "adv_pred_fusion", "adv_pred_quarter"}
+GEN_TERMS = {
+    "seg_fusion",
+    "seg_quarter",
+    "cyc_source",
+    "cyc_target",
+    "adv_target_image",
+    "adv_source_image",
+    "adv_source_aux",
+    "adv_pred_fusion",
+    "adv_pred_quarter",
+}
 DISC_TERMS = {"disc_target_image", "disc_source_image", "disc_source_aux", "disc_pred_fusion", "disc_pred_quarter"}
 
 
@@ -59,8 +68,12 @@ def test_preset_and_parts() -> None:
     assert sum(map(len, groups.values())) == len(list(method.parameters()))  # disjoint and complete
     assert opts["gen"].param_groups[0]["betas"] == (0.5, 0.999) and opts["gen"].param_groups[0]["base_lr"] == 2e-4
     assert opts["seg"].param_groups[0]["lr"] == method.cfg.optim.lr
-    for key, bad in (("method.weights.cycle", -1.0), ("method.gan_beta1", 1.0), ("data.crop", 30),
-                     ("method.pool_size", -1)):
+    for key, bad in (
+        ("method.weights.cycle", -1.0),
+        ("method.gan_beta1", 1.0),
+        ("data.crop", 30),
+        ("method.pool_size", -1),
+    ):
         with pytest.raises(ValueError, match=key.split(".")[-1]):
             build_config("sifa", "tiny", {key: bad})
 
@@ -140,8 +153,12 @@ def test_each_part_gets_the_gradient_of_its_own_objective() -> None:
         original = opts[name].step
 
         def capture(*a, _name=name, _original=original, **k):  # noqa: ANN002, ANN003, ANN202
-            grads[_name] = {owners[id(p)]: p.grad.clone() for g in opts[_name].param_groups for p in g["params"]
-                            if p.grad is not None}
+            grads[_name] = {
+                owners[id(p)]: p.grad.clone()
+                for g in opts[_name].param_groups
+                for p in g["params"]
+                if p.grad is not None
+            }
             return _original(*a, **k)
 
         opts[name].step = capture
@@ -151,8 +168,14 @@ def test_each_part_gets_the_gradient_of_its_own_objective() -> None:
     objectives = {
         "generator.": t["cyc_source"] + t["cyc_target"] + t["adv_target_image"],
         "decoder.": t["cyc_source"] + t["cyc_target"] + t["adv_source_image"],
-        "net.": (t["seg_fusion"] + t["seg_quarter"] + t["adv_source_aux"] + t["adv_pred_fusion"]
-                 + t["adv_pred_quarter"] + w.encoder * (t["cyc_source"] + t["cyc_target"] + t["adv_source_image"])),
+        "net.": (
+            t["seg_fusion"]
+            + t["seg_quarter"]
+            + t["adv_source_aux"]
+            + t["adv_pred_fusion"]
+            + t["adv_pred_quarter"]
+            + w.encoder * (t["cyc_source"] + t["cyc_target"] + t["adv_source_image"])
+        ),
     }
     method.training_step(method, src, tgt, opts, contextlib.nullcontext)
     got = {**grads["gen"], **grads["seg"]}
@@ -177,8 +200,10 @@ def test_updates_alternate() -> None:
         original = opts[name].step
 
         def spy(*a, _name=name, _original=original, **k):  # noqa: ANN002, ANN003, ANN202
-            seen[_name] = {"critic_grads": [p.grad for p in method.critics.parameters()],
-                           "before": (_snapshot(gen_side), _snapshot(method.critics))}
+            seen[_name] = {
+                "critic_grads": [p.grad for p in method.critics.parameters()],
+                "before": (_snapshot(gen_side), _snapshot(method.critics)),
+            }
             out = _original(*a, **k)
             seen[_name]["after"] = (_snapshot(gen_side), _snapshot(method.critics))
             return out
@@ -256,8 +281,9 @@ def test_ddp_is_refused() -> None:
     method = _method()
     fake_ddp = object.__new__(torch.nn.parallel.DistributedDataParallel)
     with pytest.raises(RuntimeError, match="does not support multi-process"):
-        method.training_step(fake_ddp, *_batches(), method.configure_optimizers(method.cfg.optim),
-                             contextlib.nullcontext)
+        method.training_step(
+            fake_ddp, *_batches(), method.configure_optimizers(method.cfg.optim), contextlib.nullcontext
+        )
 
 
 def test_model_info_counts_the_sifa_step(capsys: pytest.CaptureFixture[str]) -> None:
@@ -277,18 +303,39 @@ def test_weights_dataclass_is_a_segweights() -> None:
 
 # ----------------------------------------------------------------- end to end through the CLI
 
-ARGS = ["--preset", "sifa", "--profile", "tiny", "--device", "cpu", "--seed", "2", "--epochs", "2",
-        "--iters-per-epoch", "2", "--batch-size", "2", "model.base_width=4", "data.crop=48", "data.jitter=8",
-        "method.pool_size=2"]
+ARGS = [
+    "--preset",
+    "sifa",
+    "--profile",
+    "tiny",
+    "--device",
+    "cpu",
+    "--seed",
+    "2",
+    "--epochs",
+    "2",
+    "--iters-per-epoch",
+    "2",
+    "--batch-size",
+    "2",
+    "model.base_width=4",
+    "data.crop=48",
+    "data.jitter=8",
+    "method.pool_size=2",
+]
 
 
 def _udavae(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "udavae", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "UDAVAE_NO_MALLOC_TUNING": "1", **(env or {})},
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "udavae", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "UDAVAE_NO_MALLOC_TUNING": "1", **(env or {})},
+        timeout=600,
+    )
 
 
-def test_train_resume_and_evaluate_end_to_end(tmp_path: Path) -> None:
+def test_train_resume_and_evaluate_end_to_end(tmp_path: Path, udavae_killed_after) -> None:
     from udavae.data.synthetic import generate_dataset
     from udavae.engine.model_folder import load_checkpoint
 
@@ -298,7 +345,7 @@ def test_train_resume_and_evaluate_end_to_end(tmp_path: Path) -> None:
     r = _udavae("train", "--dataset", str(data), "--out", str(straight), *ARGS)
     assert r.returncode == 0, r.stderr
     # a hard kill after 3 of 4 steps, then --resume: the same weights, critics and image pools
-    r = _udavae("train", "--dataset", str(data), "--out", str(killed), *ARGS, env={"UDAVAE_FAULT_AFTER_STEPS": "3"})
+    r = udavae_killed_after(3, "train", "--dataset", str(data), "--out", str(killed), *ARGS)
     assert r.returncode == 137
     r = _udavae("train", "--dataset", str(data), "--out", str(killed), "--resume", *ARGS)
     assert r.returncode == 0, r.stderr

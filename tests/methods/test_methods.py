@@ -45,10 +45,10 @@ def test_loss_terms_per_kind() -> None:
     vae = {f"{k}_{d}_{s}" for k in ("recon", "kl") for d in ("src", "tgt") for s in ("full", "half", "quarter")}
     assert set(_method("noadapt")(src, None)) == seg | {"total"}
     assert set(_method("uda-vae")(src, tgt)) == seg | vae | {"dist_full", "dist_half", "dist_quarter", "total"}
-    assert set(_method("udavae++")(src, tgt)) == (seg | vae | {"dist_full", "dist_half", "dist_quarter"}
-                                                 | {"mi_src", "mi_tgt", "total"})
-    assert set(_method("cfdnet")(src, tgt)) == seg | vae | {"cf", "mean_full", "mean_half", "mean_quarter",
-                                                            "total"}
+    assert set(_method("udavae++")(src, tgt)) == (
+        seg | vae | {"dist_full", "dist_half", "dist_quarter"} | {"mi_src", "mi_tgt", "total"}
+    )
+    assert set(_method("cfdnet")(src, tgt)) == seg | vae | {"cf", "mean_full", "mean_half", "mean_quarter", "total"}
     with pytest.raises(ValueError, match="needs a target batch"):
         _method("uda-vae")(src, None)
 
@@ -172,8 +172,7 @@ def test_train_cli_precision_flags() -> None:
     from udavae.cli.train_cmd import config_from_args
 
     parser = build_parser()
-    cfg = config_from_args(parser.parse_args(["train", "--dataset", "d", "--out", "o", "--amp", "bf16",
-                                              "--compile"]))
+    cfg = config_from_args(parser.parse_args(["train", "--dataset", "d", "--out", "o", "--amp", "bf16", "--compile"]))
     assert cfg.runtime.amp == "bf16" and cfg.runtime.compile is True
     cfg = config_from_args(parser.parse_args(["train", "--dataset", "d", "--out", "o"]))
     assert cfg.runtime.amp == "none" and cfg.runtime.compile is False
@@ -191,8 +190,9 @@ def test_bf16_step_with_saturated_reconstructions_has_finite_gradients(preset: s
     from udavae.engine.runtime import autocast
 
     method = _method(preset)
-    last_convs = {k: [m for m in dec.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-                  for k, dec in method.decoders.items()}
+    last_convs = {
+        k: [m for m in dec.modules() if isinstance(m, torch.nn.Conv2d)][-1] for k, dec in method.decoders.items()
+    }
     with torch.no_grad():
         for conv in last_convs.values():
             conv.bias.fill_(12.0)  # every reconstruction pixel far into the saturated range

@@ -56,8 +56,7 @@ def test_labels_and_anatomy(dataset: DatasetSpec) -> None:
             assert lab.dtype == np.int16 and lab.shape == (96, 96, 8)
             assert set(np.unique(lab).tolist()) <= CODES
             LABELS.to_classes(lab)  # accepted by the dataset's own label map
-            present = {code: np.array([(lab[:, :, k] == code).any() for k in range(8)])
-                       for code in (200, 500, 600)}
+            present = {code: np.array([(lab[:, :, k] == code).any() for k in range(8)]) for code in (200, 500, 600)}
             assert present[200].all()  # myocardium in every slice
             assert present[500].sum() >= 6  # LV blood pool in most slices
             assert present[600][:4].all()  # RV in the basal half (slice 0 is basal)
@@ -86,8 +85,11 @@ def _tissue_means(img, lab) -> dict[str, float]:  # noqa: ANN001
     xi, yi = np.nonzero((y > 0).any(axis=2))
     box = (slice(max(xi.min() - 8, 0), xi.max() + 9), slice(max(yi.min() - 8, 0), yi.max() + 9))
     xb, yb = x[box], y[box]
-    return {"myo": float(xb[yb == 200].mean()), "blood": float(xb[(yb == 500) | (yb == 600)].mean()),
-            "around": float(xb[yb == 0].mean())}
+    return {
+        "myo": float(xb[yb == 200].mean()),
+        "blood": float(xb[(yb == 500) | (yb == 600)].mean()),
+        "around": float(xb[yb == 0].mean()),
+    }
 
 
 def test_designed_shift_blood_is_brightest_in_source_and_iso_intense_in_target(dataset: DatasetSpec) -> None:
@@ -134,8 +136,12 @@ def test_seed_determinism() -> None:
 def test_same_seed_same_files(tmp_path: Path) -> None:
     def arrays(out: Path, seed: int) -> list[bytes]:
         spec = generate_dataset(out, n_source=2, n_target=2, size=40, slices=3, seed=seed, n_val=1)
-        return [np.asarray(nib.load(spec.path(p)).dataobj).tobytes()
-                for d in (SOURCE, TARGET) for c in spec.cases(d) for p in (c.image, c.label)]
+        return [
+            np.asarray(nib.load(spec.path(p)).dataobj).tobytes()
+            for d in (SOURCE, TARGET)
+            for c in spec.cases(d)
+            for p in (c.image, c.label)
+        ]
 
     first = arrays(tmp_path / "a", 1)
     assert first == arrays(tmp_path / "b", 1)

@@ -24,8 +24,7 @@ from udavae.losses import (
 def test_kl_matches_closed_form() -> None:
     mu = torch.tensor([[0.0, 0.5], [-1.0, 0.2]])
     logvar = torch.tensor([[0.0, -0.5], [0.3, 1.0]])
-    terms = [0.5 * (m * m + math.exp(lv) - lv - 1.0) for m, lv in zip(mu.flatten().tolist(),
-                                                                     logvar.flatten().tolist())]
+    terms = [0.5 * (m * m + math.exp(lv) - lv - 1.0) for m, lv in zip(mu.flatten().tolist(), logvar.flatten().tolist())]
     assert kl_divergence(mu, logvar).item() == pytest.approx(sum(terms) / 4, rel=1e-6)
     assert kl_divergence(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
 
@@ -128,7 +127,8 @@ def test_gaussian_distance_matches_pair_loop_and_basic_properties() -> None:
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     with torch.no_grad():  # the plain (no gradient accumulation) path gives the same value
         assert gaussian_kernel_distance(mu_a.requires_grad_(), lv_a, mu_b, lv_b).item() == pytest.approx(
-            got.item(), rel=1e-6)
+            got.item(), rel=1e-6
+        )
     assert gaussian_kernel_distance(mu_a, lv_a, mu_a, lv_a, pool=2).abs().item() < 1e-3
     near = gaussian_kernel_distance(mu_a, lv_a, mu_a + 0.1, lv_a, pool=2)
     far = gaussian_kernel_distance(mu_a, lv_a, mu_a + 1.0, lv_a, pool=2)
@@ -144,8 +144,12 @@ def test_gaussian_distance_gradcheck_and_chunking(monkeypatch: pytest.MonkeyPatc
         t.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda *a: gaussian_kernel_distance(*a, pool=2), args, fast_mode=True)
     f64 = {"dtype": torch.float64, "generator": g}
-    flat = [torch.randn(3, 5, **f64), torch.rand(3, 5, **f64) + 0.1,
-            torch.randn(2, 5, **f64), torch.rand(2, 5, **f64) + 0.1]
+    flat = [
+        torch.randn(3, 5, **f64),
+        torch.rand(3, 5, **f64) + 0.1,
+        torch.randn(2, 5, **f64),
+        torch.rand(2, 5, **f64) + 0.1,
+    ]
     flat = [t.requires_grad_(True) for t in flat]
     assert torch.autograd.gradcheck(gaussian_kernel_distance_flat, flat)
     whole = gaussian_kernel_distance_flat(*flat)

@@ -23,8 +23,16 @@ from udavae.models.complexity import synthetic_batch
 from udavae.models.feature_critic import ConvCritic, grid_channels, to_grid
 
 #: Two steps per epoch, phase 2 from step 2, no critic warm-up, two critic updates per step.
-TINY = {"model.base_width": 4, "data.crop": 32, "optim.batch_size": 2, "optim.iters_per_epoch": 2,
-        "optim.epochs": 3, "method.pretrain_epochs": 1, "method.critic_warmup": 0.0, "method.critic_iters": 2}
+TINY = {
+    "model.base_width": 4,
+    "data.crop": 32,
+    "optim.batch_size": 2,
+    "optim.iters_per_epoch": 2,
+    "optim.epochs": 3,
+    "method.pretrain_epochs": 1,
+    "method.critic_warmup": 0.0,
+    "method.critic_iters": 2,
+}
 NULL = contextlib.nullcontext
 
 
@@ -88,8 +96,11 @@ def test_options_defaults_and_validation() -> None:
     for over, message in bad:
         with pytest.raises(ValueError, match=message.replace("*", r"\*")):
             build_config("pnp-adanet", "tiny", over)
-    build_config("pnp-adanet", "tiny", {"method.features": "bottleneck", "method.mask_critic": False,
-                                        "method.gan": "gan", "method.clip": 0})
+    build_config(
+        "pnp-adanet",
+        "tiny",
+        {"method.features": "bottleneck", "method.mask_critic": False, "method.gan": "gan", "method.clip": 0},
+    )
 
 
 # ----------------------------------------------------------------- shapes
@@ -120,8 +131,7 @@ def test_shapes_of_taps_critic_inputs_and_scores() -> None:
     assert method._taps is None  # the hooks store nothing outside run_with_taps
     method.freeze_source()
     terms = method(src, tgt, stage="adapt")
-    assert set(terms) == {"adv_feature", "adv_mask", "total", "_feature_src", "_feature_tgt", "_mask_src",
-                          "_mask_tgt"}
+    assert set(terms) == {"adv_feature", "adv_mask", "total", "_feature_src", "_feature_tgt", "_mask_src", "_mask_tgt"}
     assert terms["_feature_src"].shape == feature.shape and not terms["_feature_tgt"].requires_grad
     only = _method(**{"method.features": "bottleneck,latent", "method.mask_critic": False})
     only.freeze_source()
@@ -170,8 +180,17 @@ def test_every_step_logs_the_same_keys() -> None:
     method = _method(**{"method.critic_warmup": 0.5})  # step 2: warm-up, step 3: adaptation
     opts = method.configure_optimizers(method.cfg.optim)
     logs = _steps(method, opts, range(4))
-    keys = {"seg_full", "seg_fusion", "seg_half", "seg_quarter", "adv_feature", "adv_mask", "critic_feature",
-            "critic_mask", "total"}
+    keys = {
+        "seg_full",
+        "seg_fusion",
+        "seg_half",
+        "seg_quarter",
+        "adv_feature",
+        "adv_mask",
+        "critic_feature",
+        "critic_mask",
+        "total",
+    }
     assert all(set(log) == keys for log in logs)
     assert all(torch.isfinite(v) for log in logs for v in log.values())
     assert logs[0]["adv_feature"] == 0 and logs[0]["critic_feature"] == 0 and logs[0]["seg_full"] > 0
@@ -235,8 +254,11 @@ def test_adversarial_updates_alternate() -> None:
     method.freeze_source()
     src, tgt = _batches()
     out = method(src, tgt, stage="adapt")
-    net, critics, dam = (_snapshot(method.net.parameters()), _snapshot(method.critics.parameters()),
-                         _snapshot(method.adaptation_parameters()))
+    net, critics, dam = (
+        _snapshot(method.net.parameters()),
+        _snapshot(method.critics.parameters()),
+        _snapshot(method.adaptation_parameters()),
+    )
     method.adaptation_update(out["total"], opts["adapt"])
     assert _same(critics, method.critics.parameters()) and not _same(dam, method.adaptation_parameters())
     assert all(p.grad is None for p in method.parameters())
@@ -281,8 +303,10 @@ def test_state_dict_round_trip_mid_phase_two_gives_identical_steps() -> None:
     a = _method()
     opts_a = a.configure_optimizers(a.cfg.optim)
     _steps(a, opts_a, range(4))  # switch at step 2: two phase-2 steps done
-    state = {"method": {k: v.clone() for k, v in a.state_dict().items()},
-             "optimizers": copy.deepcopy({k: o.state_dict() for k, o in opts_a.items()})}  # as torch.save does
+    state = {
+        "method": {k: v.clone() for k, v in a.state_dict().items()},
+        "optimizers": copy.deepcopy({k: o.state_dict() for k, o in opts_a.items()}),
+    }  # as torch.save does
     torch.manual_seed(123)
     b = build_method(build_config("pnp-adanet", "tiny", TINY), 4).train()  # other initial weights
     assert isinstance(b, PnPAdaNet) and not b.source_ready
@@ -347,8 +371,17 @@ def test_flops_per_phase_and_run() -> None:
     """Each phase is counted at its own cost; the run weighs each by its number of steps (hand-computed)."""
     from udavae.methods.complexity import measure
 
-    cfg = build_config("pnp-adanet", "tiny", {**TINY, "method.critic_warmup": 0.5, "optim.epochs": 4,
-                                               "optim.iters_per_epoch": 4, "method.pretrain_epochs": 2})
+    cfg = build_config(
+        "pnp-adanet",
+        "tiny",
+        {
+            **TINY,
+            "method.critic_warmup": 0.5,
+            "optim.epochs": 4,
+            "optim.iters_per_epoch": 4,
+            "method.pretrain_epochs": 2,
+        },
+    )
     c = measure(cfg, 4)
     names = list(c.phase_flops)
     assert names == ["phase 1, source segmenter", "phase 2 warm-up, critics only", "phase 2, adaptation"]
@@ -368,12 +401,39 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path) -> None:
 
     data, run = tmp_path / "data", tmp_path / "run"
     generate_dataset(data, n_source=4, n_target=5, size=64, slices=4, seed=1, n_val=2)
-    args = ["train", "--dataset", str(data), "--out", str(run), "--preset", "pnp-adanet", "--profile", "tiny",
-            "--device", "cpu", "--seed", "3", "--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "2",
-            "model.base_width=4", "data.crop=48", "data.jitter=8", "method.pretrain_epochs=1",
-            "method.critic_warmup=0"]
-    r = subprocess.run([sys.executable, "-m", "udavae", *args], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "UDAVAE_NO_MALLOC_TUNING": "1"})
+    args = [
+        "train",
+        "--dataset",
+        str(data),
+        "--out",
+        str(run),
+        "--preset",
+        "pnp-adanet",
+        "--profile",
+        "tiny",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        "--epochs",
+        "2",
+        "--iters-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        "model.base_width=4",
+        "data.crop=48",
+        "data.jitter=8",
+        "method.pretrain_epochs=1",
+        "method.critic_warmup=0",
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", "udavae", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "UDAVAE_NO_MALLOC_TUNING": "1"},
+    )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]

@@ -27,8 +27,9 @@ PATIENTS = tuple(f"patient{i}" for i in range(6, 14))  # 8 patients; patient10 s
 # ------------------------------------------------------------------------------------------ fake runs
 
 
-def write_metrics(path: Path, dice: np.ndarray, assd: np.ndarray, hd95: np.ndarray,
-                  patients: tuple[str, ...] = PATIENTS) -> None:
+def write_metrics(
+    path: Path, dice: np.ndarray, assd: np.ndarray, hd95: np.ndarray, patients: tuple[str, ...] = PATIENTS
+) -> None:
     """A metrics.csv as ``evaluate`` writes it: one row per case and structure, Dice as a fraction."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
@@ -37,25 +38,46 @@ def write_metrics(path: Path, dice: np.ndarray, assd: np.ndarray, hd95: np.ndarr
         for i, case in enumerate(patients):
             for j, s in enumerate(STRUCTURES):
                 d, a, h = float(dice[i, j]), float(assd[i, j]), float(hd95[i, j])
-                w.writerow([case, s, repr(d), repr(d / (2 - d)), repr(a), repr(h), "nan", 1000.0,
-                            0.0 if d == 0 else 900.0])
+                w.writerow(
+                    [case, s, repr(d), repr(d / (2 - d)), repr(a), repr(h), "nan", 1000.0, 0.0 if d == 0 else 900.0]
+                )
 
 
-def make_run(folder: Path, preset: str, seed: int, dice: np.ndarray, splits: tuple[str, ...] = ("test",),
-             sweep_group: str | None = None, nan_case: int | None = None, raw_dice: np.ndarray | None = None) -> Path:
+def make_run(
+    folder: Path,
+    preset: str,
+    seed: int,
+    dice: np.ndarray,
+    splits: tuple[str, ...] = ("test",),
+    sweep_group: str | None = None,
+    nan_case: int | None = None,
+    raw_dice: np.ndarray | None = None,
+) -> Path:
     """A model folder with ``dice`` (patients x structures, fractions) on each split; distances derived from it.
 
     ``nan_case``: that patient's RV is missed (Dice 0, distances NaN), as ``evaluate`` writes a missed structure.
     """
     folder.mkdir(parents=True)
-    (folder / "model.json").write_text(json.dumps({
-        "source": "C0", "target": "LGE", "class_names": {"1": "MYO", "2": "LV", "3": "RV"}, "num_classes": 4}))
-    (folder / "config.yaml").write_text(yaml.safe_dump({
-        "preset": preset, "profile": "cpu", "method": {"name": preset}, "runtime": {"seed": seed},
-        "data": {"source": "C0", "target": "LGE"}}))
+    (folder / "model.json").write_text(
+        json.dumps(
+            {"source": "C0", "target": "LGE", "class_names": {"1": "MYO", "2": "LV", "3": "RV"}, "num_classes": 4}
+        )
+    )
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "preset": preset,
+                "profile": "cpu",
+                "method": {"name": preset},
+                "runtime": {"seed": seed},
+                "data": {"source": "C0", "target": "LGE"},
+            }
+        )
+    )
     if sweep_group is not None:
-        (folder / "sweep_run.json").write_text(json.dumps(
-            {"group": sweep_group, "preset": preset, "variant": sweep_group, "seed": seed}))
+        (folder / "sweep_run.json").write_text(
+            json.dumps({"group": sweep_group, "preset": preset, "variant": sweep_group, "seed": seed})
+        )
     dice = dice.copy()
     assd, hd95 = 20.0 * (1 - dice), 60.0 * (1 - dice)
     if nan_case is not None:
@@ -63,8 +85,12 @@ def make_run(folder: Path, preset: str, seed: int, dice: np.ndarray, splits: tup
     for split in splits:
         write_metrics(folder / "eval" / f"LGE_{split}_best" / "metrics.csv", dice, assd, hd95)
         if raw_dice is not None:
-            write_metrics(folder / "eval" / f"LGE_{split}_best" / "metrics_raw.csv", raw_dice, 20.0 * (1 - raw_dice),
-                          60.0 * (1 - raw_dice))
+            write_metrics(
+                folder / "eval" / f"LGE_{split}_best" / "metrics_raw.csv",
+                raw_dice,
+                20.0 * (1 - raw_dice),
+                60.0 * (1 - raw_dice),
+            )
     return folder
 
 
@@ -186,8 +212,14 @@ def test_compare_end_to_end(two_groups, tmp_path: Path, capsys: pytest.CaptureFi
     out = tmp_path / "cmp"
     rc, stdout, err = run_cli(["compare", str(root), "--out", str(out), "--bootstrap", "2000"], capsys)
     assert rc == 0, err
-    expected = ["compare.md", "compare.csv", "tests.csv", "compare.tex", "compare.json",
-                *(f"box_{s}_{m}.png" for s in ("test", "val") for m in ("dice", "assd", "hd95"))]
+    expected = [
+        "compare.md",
+        "compare.csv",
+        "tests.csv",
+        "compare.tex",
+        "compare.json",
+        *(f"box_{s}_{m}.png" for s in ("test", "val") for m in ("dice", "assd", "hd95")),
+    ]
     for name in expected:
         assert (out / name).is_file(), name
         assert str(out / name) in stdout  # the user is told what was written
@@ -226,8 +258,13 @@ def test_compare_end_to_end(two_groups, tmp_path: Path, capsys: pytest.CaptureFi
     tests = read_tests_csv(out / "tests.csv")
     assert len(tests) == len(comp.tests) == 2 * 3 * 3
     for row, test in zip(tests, comp.tests):
-        assert (row["group"], row["reference"], row["split"], row["structure"], row["metric"]) == \
-            (test.group, test.reference, test.split, test.structure, test.metric)
+        assert (row["group"], row["reference"], row["split"], row["structure"], row["metric"]) == (
+            test.group,
+            test.reference,
+            test.split,
+            test.structure,
+            test.metric,
+        )
         assert _same(row["p_value"], test.p_value) and _same(row["mean_diff"], test.mean_diff)
         assert row["n_patients"] == test.n_patients
 
@@ -239,8 +276,9 @@ def test_compare_end_to_end(two_groups, tmp_path: Path, capsys: pytest.CaptureFi
     assert "\\toprule" in tex and "\\bottomrule" in tex and "95\\%" in tex and " 95%" not in tex
 
     # reproducible: a second run writes the same numbers
-    rc, _, _ = run_cli(["compare", str(root), "--out", str(tmp_path / "again"), "--bootstrap", "2000",
-                        "--formats", "csv"], capsys)
+    rc, _, _ = run_cli(
+        ["compare", str(root), "--out", str(tmp_path / "again"), "--bootstrap", "2000", "--formats", "csv"], capsys
+    )
     assert rc == 0
     assert (tmp_path / "again" / "compare.csv").read_text() == (out / "compare.csv").read_text()
     assert not (tmp_path / "again" / "compare.md").exists()
@@ -273,8 +311,9 @@ def test_duplicate_seed_in_a_group_names_both_folders(tmp_path: Path, capsys) ->
 
 def test_missing_evaluation_names_the_command(two_groups, tmp_path: Path, capsys) -> None:
     root, _ = two_groups
-    rc, _, err = run_cli(["compare", str(root), "--out", str(tmp_path / "o"), "--checkpoint", "last",
-                          "--splits", "test"], capsys)
+    rc, _, err = run_cli(
+        ["compare", str(root), "--out", str(tmp_path / "o"), "--checkpoint", "last", "--splits", "test"], capsys
+    )
     assert rc == 2
     run = root / "a_ours_s0"
     assert f"udavae evaluate {run} --split test --checkpoint last" in err
@@ -297,14 +336,30 @@ def test_label_grouping_reference_and_latex_escaping(tmp_path: Path, capsys, mon
         make_run(tmp_path / "x" / f"s{seed}", "udavae++", seed, fake_dice(0.0, seed, seed_shift=0.05))
         make_run(tmp_path / "y" / f"s{seed}", "udavae++", seed, fake_dice(0.0, seed, seed_shift=0.05) + 0.001)
     monkeypatch.chdir(tmp_path)
-    rc, stdout, err = run_cli(["compare", f"base_line={tmp_path / 'x'}", f"ours_%={tmp_path / 'y'}",
-                               "--reference", "base_line", "--splits", "test", "--formats", "tex,md"], capsys)
+    rc, stdout, err = run_cli(
+        [
+            "compare",
+            f"base_line={tmp_path / 'x'}",
+            f"ours_%={tmp_path / 'y'}",
+            "--reference",
+            "base_line",
+            "--splits",
+            "test",
+            "--formats",
+            "tex,md",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     out = tmp_path / "compare"  # not a sweep: ./compare
     tex = (out / "compare.tex").read_text()
     assert "base\\_line" in tex and "ours\\_\\%" in tex
-    comp = compare([f"base_line={tmp_path / 'x'}", f"ours_%={tmp_path / 'y'}"], reference="base_line",
-                   splits=("test",), n_resamples=0)
+    comp = compare(
+        [f"base_line={tmp_path / 'x'}", f"ours_%={tmp_path / 'y'}"],
+        reference="base_line",
+        splits=("test",),
+        n_resamples=0,
+    )
     assert comp.groups == ["base_line", "ours_%"] and comp.seeds("ours_%") == [0, 1]
     # 2 seeds: rough spread; a +0.1 Dice gain is far below the 5-point seed shift
     assert any("2 seeds" in n and "rough" in n for n in comp.notes)
@@ -320,8 +375,9 @@ def test_sweep_grouping_and_default_output(tmp_path: Path, capsys) -> None:
     (sweep / "sweep.json").write_text(json.dumps({"name": "s"}))
     for seed in (1, 2, 3):
         make_run(sweep / "runs" / f"full_s{seed}", "udavae++", seed, fake_dice(0.04, seed), sweep_group="udavae++")
-        make_run(sweep / "runs" / f"noprior_s{seed}", "udavae++", seed, fake_dice(0.0, seed),
-                 sweep_group="udavae++/no-prior")
+        make_run(
+            sweep / "runs" / f"noprior_s{seed}", "udavae++", seed, fake_dice(0.0, seed), sweep_group="udavae++/no-prior"
+        )
     runs = find_runs([str(sweep)])
     assert {r.group for r in runs} == {"udavae++", "udavae++/no-prior"}
     assert all(r.group_from == "sweep_run.json" for r in runs)
@@ -345,7 +401,9 @@ def test_single_seed_note_and_patient_order(tmp_path: Path) -> None:
 
 
 def test_evaluation_modules_do_not_import_engine_or_cli() -> None:
-    code = ("import sys, udavae.evaluation.compare, udavae.evaluation.statistics; "
-            "bad = [m for m in sys.modules if m.startswith(('udavae.engine', 'udavae.cli', 'torch'))]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, udavae.evaluation.compare, udavae.evaluation.statistics; "
+        "bad = [m for m in sys.modules if m.startswith(('udavae.engine', 'udavae.cli', 'torch'))]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

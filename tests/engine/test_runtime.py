@@ -41,9 +41,15 @@ def test_train_cli_refuses_fp16_with_exit_2(capsys: pytest.CaptureFixture[str]) 
     assert "fp16 is not supported for training" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("mode", "on_cpu"), [("default", "default"), ("reduce-overhead", "default"),
-                                              ("max-autotune", "max-autotune-no-cudagraphs"),
-                                              ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs")])
+@pytest.mark.parametrize(
+    ("mode", "on_cpu"),
+    [
+        ("default", "default"),
+        ("reduce-overhead", "default"),
+        ("max-autotune", "max-autotune-no-cudagraphs"),
+        ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs"),
+    ],
+)
 def test_cuda_graph_modes_fall_back_off_cuda(mode: str, on_cpu: str) -> None:
     rt = RuntimeConfig(compile=True, compile_mode=mode)
     assert effective_compile_mode(rt, CPU) == on_cpu
@@ -98,8 +104,7 @@ def test_cuda_graph_compiled_step_matches_eager_loss() -> None:
     from udavae.engine.step import optimisation_step
 
     dev = torch.device("cuda")
-    cfg = build_config("udavae++", "tiny", {**TINY, "runtime.compile": True,
-                                             "runtime.compile_mode": "reduce-overhead"})
+    cfg = build_config("udavae++", "tiny", {**TINY, "runtime.compile": True, "runtime.compile_mode": "reduce-overhead"})
     src, tgt = synthetic_batch(2, 32, 4, dev), synthetic_batch(2, 32, 4, dev, labelled=False)
     losses = []
     for compiled in (False, True):
@@ -107,8 +112,10 @@ def test_cuda_graph_compiled_step_matches_eager_loss() -> None:
         method = build_method(cfg, 4).to(dev).eval()  # eval: no latent noise or dropout
         opts = method.configure_optimizers(cfg.optim, fused=True)
         model = compile_module(method, cfg.runtime, dev) if compiled else method
-        out = [optimisation_step(method, opts, src, tgt, dev, "none", cudagraphs=compiled,
-                                 forward=model)["total"].item() for _ in range(3)]
+        out = [
+            optimisation_step(method, opts, src, tgt, dev, "none", cudagraphs=compiled, forward=model)["total"].item()
+            for _ in range(3)
+        ]
         losses.append(out)
     assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-3)
 

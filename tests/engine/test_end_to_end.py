@@ -18,14 +18,36 @@ from udavae.cli import main
 from udavae.data.synthetic import generate_dataset
 from udavae.engine.model_folder import load_checkpoint
 
-TRAIN_ARGS = ["--preset", "udavae++", "--profile", "tiny", "--device", "cpu", "--seed", "3",
-              "--epochs", "2", "--iters-per-epoch", "3", "--batch-size", "2",
-              "model.base_width=4", "model.recon_width=8", "data.crop=48", "data.jitter=8"]
+TRAIN_ARGS = [
+    "--preset",
+    "udavae++",
+    "--profile",
+    "tiny",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--epochs",
+    "2",
+    "--iters-per-epoch",
+    "3",
+    "--batch-size",
+    "2",
+    "model.base_width=4",
+    "model.recon_width=8",
+    "data.crop=48",
+    "data.jitter=8",
+]
 
 
 def _udavae(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "udavae", *args], capture_output=True, text=True,
-                          env={**os.environ, "UDAVAE_NO_MALLOC_TUNING": "1", **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "udavae", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "UDAVAE_NO_MALLOC_TUNING": "1", **(env or {})},
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +58,13 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory, udavae_killed_after) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("runs")
     straight, killed = base / "straight", base / "killed"
     r = _udavae("train", "--dataset", str(dataset), "--out", str(straight), *TRAIN_ARGS)
     assert r.returncode == 0, r.stderr
     # Simulated hard kill in the middle of epoch 2 (after 4 of 6 steps), then --resume.
-    r = _udavae("train", "--dataset", str(dataset), "--out", str(killed), *TRAIN_ARGS,
-                env={"UDAVAE_FAULT_AFTER_STEPS": "4"})
+    r = udavae_killed_after(4, "train", "--dataset", str(dataset), "--out", str(killed), *TRAIN_ARGS)
     assert r.returncode == 137
     assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] == 1
     r = _udavae("train", "--dataset", str(dataset), "--out", str(killed), "--resume", *TRAIN_ARGS)
@@ -139,8 +160,10 @@ def test_predict_bf16_agrees_with_fp32(trained: dict[str, Path], tmp_path: Path)
 
     _, info, method, _ = load_trained(trained["straight"], "best", torch.device("cpu"))
     slices = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
-    p32, p16 = (Predictor(method.net, info.preprocessing, torch.device("cpu"), amp=amp).probabilities(slices)
-                for amp in ("none", "bf16"))
+    p32, p16 = (
+        Predictor(method.net, info.preprocessing, torch.device("cpu"), amp=amp).probabilities(slices)
+        for amp in ("none", "bf16")
+    )
     assert p16.dtype == torch.float32 and p16.shape == p32.shape
     assert (p16 - p32).abs().mean().item() < 0.04  # measured 0.016: bf16 rounding through a tiny net
     assert (p16 - p32).abs().mean().item() > 0  # bf16 did run
@@ -178,7 +201,8 @@ def test_wrong_dimension_input_writes_nothing(tmp_path: Path, trained: dict[str,
     nib.save(nib.load(trained["dataset"] / "LGE" / "images" / "case001.nii.gz"), inp / "b_ok.nii.gz")
     out = tmp_path / "out"
     assert main(["predict", str(trained["straight"]), str(inp), str(out)]) == 2
-    assert "a4d.nii.gz" in capsys.readouterr().err and "3-D" in capsys.readouterr().err + "3-D"
+    err = capsys.readouterr().err
+    assert "a4d.nii.gz" in err and "3-D" in err
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -211,8 +235,10 @@ def test_dataset_without_validation_split(tmp_path: Path, dataset: Path, capsys)
     assert len(record["source_holdout"]) == 1  # 10% of the source cases, at least one, scored every epoch
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert "src/dice_mean" in rows[-1] and "val/dice_mean" not in rows[-1]
-    assert main(["train", "--dataset", str(copy), "--out", str(tmp_path / "r2"), *TRAIN_ARGS,
-                 "train.selection=val-dice"]) == 2
+    assert (
+        main(["train", "--dataset", str(copy), "--out", str(tmp_path / "r2"), *TRAIN_ARGS, "train.selection=val-dice"])
+        == 2
+    )
     assert "needs labelled validation cases" in capsys.readouterr().err
 
 

@@ -43,24 +43,43 @@ def with_nan(path: Path) -> None:
 
 
 def import_cli(src: Path, out: Path, domain: str = "C0", *extra: str) -> list[str]:
-    return ["data", "import", "folder", str(src), str(out), "--domain", domain,
-            "--labels", "MYO=200,LV=500,RV=600", "--image-suffix", "_C0", *extra]
+    return [
+        "data",
+        "import",
+        "folder",
+        str(src),
+        str(out),
+        "--domain",
+        domain,
+        "--labels",
+        "MYO=200,LV=500,RV=600",
+        "--image-suffix",
+        "_C0",
+        *extra,
+    ]
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``root`` (hidden ones too) with its bytes and modification time."""
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 DEFECTS = {
     "truncated image": ("patient3_C0.nii.gz", truncate, "unreadable image"),
     "garbage image": ("patient3_C0.nii.gz", lambda p: p.write_bytes(b"not a nifti"), "unreadable image"),
     "NaN image": ("patient3_C0.nii.gz", with_nan, "image holds 1 NaN and 0 Inf values"),
-    "shape mismatch": ("patient3_label.nii.gz", lambda p: write_nifti(p, label((16, 16, 3), [200])),
-                       "shape (16, 16, 3) differs from image patient3_C0.nii.gz shape (16, 16, 4)"),
-    "unknown codes": ("patient3_label.nii.gz", lambda p: write_nifti(p, label(SHAPE, [200, 700])),
-                      "label codes [700] are not in the label map"),
+    "shape mismatch": (
+        "patient3_label.nii.gz",
+        lambda p: write_nifti(p, label((16, 16, 3), [200])),
+        "shape (16, 16, 3) differs from image patient3_C0.nii.gz shape (16, 16, 4)",
+    ),
+    "unknown codes": (
+        "patient3_label.nii.gz",
+        lambda p: write_nifti(p, label(SHAPE, [200, 700])),
+        "label codes [700] are not in the label map",
+    ),
 }
 
 
@@ -94,13 +113,15 @@ def test_every_problem_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert f"4 problems in 4 source files; nothing was written to {out}:" in err
     problem_lines = [line.strip() for line in err.splitlines() if line.startswith("  ")]
     assert [line.split(":")[0] for line in problem_lines] == [
-        str(src / f) for f in ("patient1_C0.nii.gz", "patient2_C0.nii.gz", "patient3_label.nii.gz",
-                               "patient4_label.nii.gz")]
+        str(src / f)
+        for f in ("patient1_C0.nii.gz", "patient2_C0.nii.gz", "patient3_label.nii.gz", "patient4_label.nii.gz")
+    ]
 
 
 @pytest.mark.parametrize("domain", ["C0", "LGE"])  # replace an existing domain / add a new one
-def test_existing_dataset_left_exactly_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                 domain: str) -> None:
+def test_existing_dataset_left_exactly_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], domain: str
+) -> None:
     out = tmp_path / "out"
     assert main(import_cli(make_source(tmp_path / "good"), out)) == 0
     before = snapshot(out)
@@ -161,8 +182,7 @@ def test_failed_write_removes_new_output(tmp_path: Path, monkeypatch: pytest.Mon
     src = make_source(tmp_path / "src")
     failing_place(monkeypatch, UserError("disk full"), after=3)
     with pytest.raises(UserError, match="disk full"):
-        importers.import_folder(src, tmp_path / "out", "C0", {"MYO": 200, "LV": 500, "RV": 600},
-                                image_suffix="_C0")
+        importers.import_folder(src, tmp_path / "out", "C0", {"MYO": 200, "LV": 500, "RV": 600}, image_suffix="_C0")
     assert not (tmp_path / "out").exists()
 
 

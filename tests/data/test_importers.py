@@ -24,7 +24,7 @@ from udavae.data.importers import (
 from udavae.data.spec import SPEC_FILE, DatasetSpec, LabelMap
 from udavae.errors import DataError, UserError
 
-MSCMRSEG = Path(os.environ.get("UDAVAE_MSCMRSEG", Path(__file__).resolve().parents[2] / "shared/data/mscmrseg"))
+MSCMRSEG = Path(os.environ.get("UDAVAE_MSCMRSEG", Path(__file__).resolve().parents[3] / "shared/data/mscmrseg"))
 
 
 def write_nifti(path: Path, data: np.ndarray, spacing: tuple[float, float, float] = (1.25, 1.25, 8.0)) -> Path:
@@ -40,7 +40,7 @@ def image(shape: tuple[int, int, int] = (16, 16, 4), seed: int = 0) -> np.ndarra
 def label(shape: tuple[int, int, int], codes: list[int]) -> np.ndarray:
     lab = np.zeros(shape, dtype=np.int16)
     for k, code in enumerate(codes):
-        lab[2 + 2 * k: 4 + 2 * k, 2:6] = code
+        lab[2 + 2 * k : 4 + 2 * k, 2:6] = code
     return lab
 
 
@@ -92,8 +92,9 @@ def fake_patch192(root: Path, n_c0: int = 3, n_lge: int = 7) -> Path:
     for seq, n in (("C0", n_c0), ("LGE", n_lge)):
         for i in range(1, n + 1):
             write_nifti(root / "Patch192" / seq / f"patient{i}_{seq}.nii.gz", image(seed=i))
-            write_nifti(root / "Patch192" / seq / f"patient{i}_{seq}_manual.nii.gz",
-                        label((16, 16, 4), [200, 500, 600]))
+            write_nifti(
+                root / "Patch192" / seq / f"patient{i}_{seq}_manual.nii.gz", label((16, 16, 4), [200, 500, 600])
+            )
     return root / "Patch192"
 
 
@@ -102,12 +103,15 @@ def test_mscmrseg_layout_copies_bytes(tmp_path: Path) -> None:
     spec = import_mscmrseg(patch, tmp_path / "out")
     c0 = [f"patient{i}" for i in range(1, 8)]
     assert spec.splits["C0"] == {"train": c0, "val": c0[:5], "test": c0[5:]}
-    assert spec.splits["LGE"] == {"val": [f"patient{i}" for i in range(1, 6)],
-                                  "test": [f"patient{i}" for i in range(6, 13)]}
+    assert spec.splits["LGE"] == {
+        "val": [f"patient{i}" for i in range(1, 6)],
+        "test": [f"patient{i}" for i in range(6, 13)],
+    }
     assert [c.id for c in spec.domains["LGE"]][8:10] == ["patient9", "patient10"]  # numeric order
     assert filecmp.cmp(tmp_path / "out/C0/images/patient2.nii.gz", patch / "C0/patient2_C0.nii.gz", shallow=False)
-    assert filecmp.cmp(tmp_path / "out/LGE/labels/patient11.nii.gz", patch / "LGE/patient11_LGE_manual.nii.gz",
-                       shallow=False)
+    assert filecmp.cmp(
+        tmp_path / "out/LGE/labels/patient11.nii.gz", patch / "LGE/patient11_LGE_manual.nii.gz", shallow=False
+    )
     assert not (tmp_path / "out" / INCOMPLETE_MARKER).exists()
     assert check_dataset(tmp_path / "out") == []
     # Re-importing into the same (complete) dataset is allowed.
@@ -151,8 +155,12 @@ def test_mmwhs_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "MR: 3 cases, 3 labelled; splits: val 1, test 2" in printed
     assert printed.strip().endswith("OK: 2 domains, 9 cases (8 labelled)")  # AA/PA accepted as background
     spec = DatasetSpec.load(out)
-    assert spec.splits["CT"] == {"train": ["ct_train_1001", "ct_train_1002"], "val": ["ct_train_1003"],
-                                 "test": ["ct_train_1004", "ct_train_1005"], "unlabelled": ["ct_test_2001"]}
+    assert spec.splits["CT"] == {
+        "train": ["ct_train_1001", "ct_train_1002"],
+        "val": ["ct_train_1003"],
+        "test": ["ct_train_1004", "ct_train_1005"],
+        "unlabelled": ["ct_test_2001"],
+    }
     assert list(spec.labels.codes) == ["MYO", "LA", "LV", "RA", "RV"]
     assert {820, 850} <= set(spec.labels.background_codes)
     assert spec.preprocessing.target_spacing == (1.25, 1.25) and spec.preprocessing.size == (192, 192)
@@ -171,8 +179,9 @@ def test_mmwhs_errors(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- user folder
-def fake_folder(root: Path, shapes: dict[str, tuple[int, int, int]], codes: list[int],
-                unlabelled: tuple[str, ...] = ()) -> Path:
+def fake_folder(
+    root: Path, shapes: dict[str, tuple[int, int, int]], codes: list[int], unlabelled: tuple[str, ...] = ()
+) -> Path:
     for k, (case_id, shape) in enumerate(shapes.items()):
         write_nifti(root / f"{case_id}.nii.gz", image(shape, k), (0.75 + 0.1 * k, 0.75 + 0.1 * k, 5.0))
         if case_id not in unlabelled:
@@ -181,8 +190,12 @@ def fake_folder(root: Path, shapes: dict[str, tuple[int, int, int]], codes: list
 
 
 def test_folder_import_and_second_domain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = fake_folder(tmp_path / "a", {"case1": (20, 24, 3), "case2": (16, 16, 4), "case10": (12, 18, 5)},
-                      [200, 500, 600], unlabelled=("case10",))
+    src = fake_folder(
+        tmp_path / "a",
+        {"case1": (20, 24, 3), "case2": (16, 16, 4), "case10": (12, 18, 5)},
+        [200, 500, 600],
+        unlabelled=("case10",),
+    )
     out = tmp_path / "ds"
     spec = import_folder(src, out, "bSSFP", {"MYO": 200, "LV": 500, "RV": 600}, test=["case2"])
     assert [c.id for c in spec.domains["bSSFP"]] == ["case1", "case2", "case10"]
@@ -192,8 +205,22 @@ def test_folder_import_and_second_domain(tmp_path: Path, capsys: pytest.CaptureF
     assert check_dataset(out) == []
 
     src_b = fake_folder(tmp_path / "b", {"p1": (16, 16, 4), "p2": (16, 16, 4)}, [200, 500])
-    rc = main(["data", "import", "folder", str(src_b), str(out), "--domain", "LGE",
-               "--labels", "MYO=200,LV=500,RV=600", "--val", "p1", "--link"])
+    rc = main(
+        [
+            "data",
+            "import",
+            "folder",
+            str(src_b),
+            str(out),
+            "--domain",
+            "LGE",
+            "--labels",
+            "MYO=200,LV=500,RV=600",
+            "--val",
+            "p1",
+            "--link",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "LGE: 2 cases, 2 labelled; splits: train 1, val 1" in printed
@@ -223,8 +250,7 @@ def test_folder_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     (tmp_path / "busy/notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty and is not a udavae dataset"):
         import_folder(src, tmp_path / "busy", "A", labels)
-    assert main(["data", "import", "folder", str(src), str(tmp_path / "out"), "--domain", "A",
-                 "--labels", "MYO"]) == 2
+    assert main(["data", "import", "folder", str(src), str(tmp_path / "out"), "--domain", "A", "--labels", "MYO"]) == 2
     assert "--labels: expected NAME=CODE" in capsys.readouterr().err
 
 
@@ -249,13 +275,27 @@ MYOPS_CODES = [200, 1220, 2221, 500, 600]  # MYO normal, edema, scar; LV; RV
 def test_labels_fold_several_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = fake_folder(tmp_path / "src", {"p1": (16, 16, 6), "p2": (16, 16, 6)}, MYOPS_CODES)
     out = tmp_path / "out"
-    rc = main(["data", "import", "folder", str(src), str(out), "--domain", "LGE",
-               "--labels", "MYO=200+1220+2221,LV=500,RV=600"])
+    rc = main(
+        [
+            "data",
+            "import",
+            "folder",
+            str(src),
+            str(out),
+            "--domain",
+            "LGE",
+            "--labels",
+            "MYO=200+1220+2221,LV=500,RV=600",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "OK: 1 domains, 2 cases (2 labelled)" in captured.out  # data check accepts 1220 and 2221
-    assert json.loads((out / SPEC_FILE).read_text())["labels"]["codes"] == {"MYO": [200, 1220, 2221], "LV": 500,
-                                                                             "RV": 600}
+    assert json.loads((out / SPEC_FILE).read_text())["labels"]["codes"] == {
+        "MYO": [200, 1220, 2221],
+        "LV": 500,
+        "RV": 600,
+    }
     spec = DatasetSpec.load(out)
     codes = np.asarray(nib.load(out / "LGE/labels/p1.nii.gz").dataobj)
     classes = spec.labels.to_classes(codes)
@@ -282,21 +322,33 @@ def test_label_map_json_forms() -> None:
 def test_model_json_with_plain_codes_loads() -> None:
     from udavae.engine.model_folder import ModelInfo
 
-    info = ModelInfo.from_dict({"labels": {"codes": {"MYO": 200, "LV": 500, "RV": 600}, "background_codes": [0]},
-                                "preprocessing": {}, "dataset": {"name": "x", "path": "x"}, "source": "C0",
-                                "target": "LGE"})
+    info = ModelInfo.from_dict(
+        {
+            "labels": {"codes": {"MYO": 200, "LV": 500, "RV": 600}, "background_codes": [0]},
+            "preprocessing": {},
+            "dataset": {"name": "x", "path": "x"},
+            "source": "C0",
+            "target": "LGE",
+        }
+    )
     assert info.labels.to_codes(np.array([0, 1, 2, 3])).tolist() == [0, 200, 500, 600]
 
 
-@pytest.mark.parametrize(("labels", "message"), [
-    ("MYO=200,MYO=1220", "--labels: structure 'MYO' is named twice; to fold several codes into one structure "
-                         "write MYO=200+CODE"),
-    ("MYO=200,LV=200", "--labels: label code 200 is given for both MYO and LV"),
-    ("MYO=200+1220+200,LV=500", "--labels: label code 200 is given twice for MYO"),
-    ("MYO=200+x", "--labels: codes of 'MYO' must be integers joined by '+'"),
-])
-def test_labels_repeated_name_or_code_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                              labels: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (
+            "MYO=200,MYO=1220",
+            "--labels: structure 'MYO' is named twice; to fold several codes into one structure write MYO=200+CODE",
+        ),
+        ("MYO=200,LV=200", "--labels: label code 200 is given for both MYO and LV"),
+        ("MYO=200+1220+200,LV=500", "--labels: label code 200 is given twice for MYO"),
+        ("MYO=200+x", "--labels: codes of 'MYO' must be integers joined by '+'"),
+    ],
+)
+def test_labels_repeated_name_or_code_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], labels: str, message: str
+) -> None:
     src = fake_folder(tmp_path / "src", {"p1": (16, 16, 4)}, [200, 1220])
     out = tmp_path / "out"
     assert main(["data", "import", "folder", str(src), str(out), "--domain", "A", "--labels", labels]) == 2
@@ -324,8 +376,23 @@ def test_no_label_files_needs_unlabelled(tmp_path: Path, capsys: pytest.CaptureF
     spec = DatasetSpec.load(out)
     assert [c.label for c in spec.domains["LGE"]] == [None, None]
     labelled = fake_folder(tmp_path / "labelled", {"p1": (16, 16, 4)}, [200])
-    assert main(["data", "import", "folder", str(labelled), str(tmp_path / "o2"), "--domain", "A",
-                 "--labels", "MYO=200", "--unlabelled"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "import",
+                "folder",
+                str(labelled),
+                str(tmp_path / "o2"),
+                "--domain",
+                "A",
+                "--labels",
+                "MYO=200",
+                "--unlabelled",
+            ]
+        )
+        == 2
+    )
     assert "declared unlabelled but 1 label files were found" in capsys.readouterr().err
 
 
@@ -337,8 +404,11 @@ def test_images_labels_layout(tmp_path: Path) -> None:
         if case_id != "p10":
             write_nifti(src / "labels" / f"{case_id}.nii.gz", label((16, 16, 4), [200, 500]))
     spec = import_folder(src, tmp_path / "out", "T2", {"MYO": 200, "LV": 500}, val=["p2"])
-    assert [(c.id, c.label) for c in spec.domains["T2"]] == [("p1", "T2/labels/p1.nii.gz"),
-                                                             ("p2", "T2/labels/p2.nii.gz"), ("p10", None)]
+    assert [(c.id, c.label) for c in spec.domains["T2"]] == [
+        ("p1", "T2/labels/p1.nii.gz"),
+        ("p2", "T2/labels/p2.nii.gz"),
+        ("p10", None),
+    ]
     assert spec.splits["T2"] == {"train": ["p1", "p10"], "val": ["p2"]}
     assert filecmp.cmp(tmp_path / "out/T2/labels/p2.nii.gz", src / "labels/p2.nii.gz", shallow=False)
     write_nifti(src / "labels" / "p3.nii.gz", label((16, 16, 4), [200]))
@@ -358,15 +428,31 @@ def fake_nnunet(root: Path) -> Path:
 def test_nnunet_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = fake_nnunet(tmp_path / "Dataset001_Heart")
     out = tmp_path / "out"
-    rc = main(["data", "import", "folder", str(src), str(out), "--domain", "MR", "--labels", "MYO=1,LV=2",
-               "--val", "heart_001"])
+    rc = main(
+        [
+            "data",
+            "import",
+            "folder",
+            str(src),
+            str(out),
+            "--domain",
+            "MR",
+            "--labels",
+            "MYO=1,LV=2",
+            "--val",
+            "heart_001",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     spec = DatasetSpec.load(out)
     assert [(c.id, c.label is not None) for c in spec.domains["MR"]] == [
-        ("heart_001", True), ("heart_002", True), ("heart_003", True), ("heart_010", False)]
-    assert spec.splits["MR"] == {"train": ["heart_002", "heart_003"], "val": ["heart_001"],
-                                 "unlabelled": ["heart_010"]}
+        ("heart_001", True),
+        ("heart_002", True),
+        ("heart_003", True),
+        ("heart_010", False),
+    ]
+    assert spec.splits["MR"] == {"train": ["heart_002", "heart_003"], "val": ["heart_001"], "unlabelled": ["heart_010"]}
     assert filecmp.cmp(out / "MR/images/heart_002.nii.gz", src / "imagesTr/heart_002_0000.nii.gz", shallow=False)
     write_nifti(src / "imagesTr" / "heart_001_0001.nii.gz", image((16, 16, 4), 5))
     with pytest.raises(UserError, match=r"heart_001_0001\.nii\.gz: channel 0001 of a multi-channel case"):
@@ -378,23 +464,31 @@ def test_split_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["data", "import", "folder", str(src)]
     assert main([*base, str(tmp_path / "a"), "--domain", "LGE", "--labels", "MYO=200", "--test", "all"]) == 0
     assert DatasetSpec.load(tmp_path / "a").splits["LGE"] == {"test": ["p1", "p2", "p3"]}
-    assert main([*base, str(tmp_path / "b"), "--domain", "LGE", "--labels", "MYO=200", "--val", "p2",
-                 "--test", "all"]) == 0
+    assert (
+        main([*base, str(tmp_path / "b"), "--domain", "LGE", "--labels", "MYO=200", "--val", "p2", "--test", "all"])
+        == 0
+    )
     assert DatasetSpec.load(tmp_path / "b").splits["LGE"] == {"val": ["p2"], "test": ["p1", "p3"]}
     spec = import_folder(src, tmp_path / "c", "LGE", {"MYO": 200}, val="all")
     assert spec.splits["LGE"] == {"val": ["p1", "p2", "p3"]}
     capsys.readouterr()
-    assert main([*base, str(tmp_path / "d"), "--domain", "LGE", "--labels", "MYO=200", "--val", "all",
-                 "--test", "all"]) == 2
+    assert (
+        main([*base, str(tmp_path / "d"), "--domain", "LGE", "--labels", "MYO=200", "--val", "all", "--test", "all"])
+        == 2
+    )
     assert "val and test cannot both be 'all'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("label_suffix", "hint"), [
-    ("_gd", "images look like Case1_C0.nii.gz: pass --image-suffix _C0"),
-    (None, "files look like Case1_C0.nii.gz + Case1_gd.nii.gz: pass --label-suffix _gd --image-suffix _C0"),
-])
-def test_image_suffix_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str], label_suffix: str | None,
-                           hint: str) -> None:
+@pytest.mark.parametrize(
+    ("label_suffix", "hint"),
+    [
+        ("_gd", "images look like Case1_C0.nii.gz: pass --image-suffix _C0"),
+        (None, "files look like Case1_C0.nii.gz + Case1_gd.nii.gz: pass --label-suffix _gd --image-suffix _C0"),
+    ],
+)
+def test_image_suffix_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], label_suffix: str | None, hint: str
+) -> None:
     src = tmp_path / "src"
     for k in (1, 2, 10):
         write_nifti(src / f"Case{k}_C0.nii.gz", image((16, 16, 4), k))
@@ -411,19 +505,29 @@ def test_image_suffix_hint_default_label_suffix(tmp_path: Path) -> None:
     for k in (1, 2):
         write_nifti(src / f"Case{k}_LGE.nii.gz", image((16, 16, 4), k))
         write_nifti(src / f"Case{k}_label.nii.gz", label((16, 16, 4), [200]))
-    with pytest.raises(UserError, match=r"label files without an image: Case1_label\.nii\.gz, Case2_label\.nii\.gz; "
-                                        r"images look like Case1_LGE\.nii\.gz: pass --image-suffix _LGE"):
+    with pytest.raises(
+        UserError,
+        match=r"label files without an image: Case1_label\.nii\.gz, Case2_label\.nii\.gz; "
+        r"images look like Case1_LGE\.nii\.gz: pass --image-suffix _LGE",
+    ):
         import_folder(src, tmp_path / "out", "LGE", {"MYO": 200})
 
 
 def test_folded_codes_extend_existing_dataset(tmp_path: Path) -> None:
     out = tmp_path / "ds"
-    import_folder(fake_folder(tmp_path / "c0", {"p1": (16, 16, 4)}, [200, 500, 600]), out, "C0",
-                  {"MYO": 200, "LV": 500, "RV": 600})
+    import_folder(
+        fake_folder(tmp_path / "c0", {"p1": (16, 16, 4)}, [200, 500, 600]),
+        out,
+        "C0",
+        {"MYO": 200, "LV": 500, "RV": 600},
+    )
     lge = fake_folder(tmp_path / "lge", {"q1": (16, 16, 6)}, MYOPS_CODES)
     spec = import_folder(lge, out, "LGE", {"MYO": [200, 1220, 2221], "LV": 500, "RV": 600}, test="all")
     assert spec.labels.structure_codes == {"MYO": (200, 1220, 2221), "LV": (500,), "RV": (600,)}
     assert DatasetSpec.load(out).labels == spec.labels and check_dataset(out) == []
-    with pytest.raises(UserError, match=r"label map MYO=200\+1220\+2221, LV=500, RV=600 \(background 0\) of the "
-                                        r"existing dataset differs from the imported one MYO=1220"):
+    with pytest.raises(
+        UserError,
+        match=r"label map MYO=200\+1220\+2221, LV=500, RV=600 \(background 0\) of the "
+        r"existing dataset differs from the imported one MYO=1220",
+    ):
         import_folder(lge, out, "T2", {"MYO": [1220, 200, 2221], "LV": 500, "RV": 600})
