@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -82,19 +83,50 @@ class MethodConfig:
 
 #: Method kind -> its options dataclass, filled by :func:`register_method_options`.
 _METHOD_OPTIONS: dict[str, type[MethodConfig]] = {}
+#: Preset name -> (method kind, dotted overrides, one line of help), filled by :func:`register_method_options`.
+_PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {}
+#: The entry-point group through which method packages declare their methods (udavae's own in pyproject.toml).
+ENTRY_POINT_GROUP = "udavae.methods"
 
 
 def discover_methods() -> None:
-    """Import :mod:`udavae.methods` (which registers every method kind) unless that has happened."""
+    """Load every method declared in the ``udavae.methods`` entry-point group, unless methods are registered.
+
+    Loading a method class imports its module, whose ``@register_method`` registers its options and presets;
+    so this module never imports a method, and a configuration behaves the same whatever was imported first.
+    Another package can add methods by declaring entry points in this group.
+    """
+    if _METHOD_OPTIONS:
+        return
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
     if not _METHOD_OPTIONS:
-        importlib.import_module("udavae.methods")
+        raise RuntimeError(
+            f"no udavae method is registered: the {ENTRY_POINT_GROUP!r} entry points are missing; "
+            "install the package (pip install -e .)"
+        )
 
 
-def register_method_options(kind: str, options: type[MethodConfig]) -> None:
-    """Declare ``options`` (a :class:`MethodConfig` dataclass sub-class) as the options of method ``kind``."""
+def register_method_options(
+    kind: str, options: type[MethodConfig], presets: dict[str, tuple[dict[str, Any], str]] | None = None
+) -> None:
+    """Declare ``options`` (a :class:`MethodConfig` dataclass sub-class) as the options of method ``kind``, and
+    its presets (name -> (dotted overrides, one line of help))."""
     if not (isinstance(options, type) and issubclass(options, MethodConfig) and dataclasses.is_dataclass(options)):
         raise TypeError(f"options of method kind {kind!r} must be a dataclass sub-class of MethodConfig")
+    for name in presets or {}:
+        owner = _PRESETS.get(name, (kind,))[0]
+        if owner != kind:
+            raise ValueError(f"preset {name!r} is declared by both {owner!r} and {kind!r}")
     _METHOD_OPTIONS[kind] = options
+    for name, (overrides, text) in (presets or {}).items():
+        _PRESETS[name] = (kind, dict(overrides), text)
+
+
+def preset_table() -> dict[str, tuple[str, dict[str, Any], str]]:
+    """Every registered preset: name -> (method kind, dotted overrides, one line of help)."""
+    discover_methods()
+    return dict(_PRESETS)
 
 
 def method_kinds() -> tuple[str, ...]:
@@ -400,8 +432,6 @@ class Config:
         Keyword overrides use ``__`` for the dots of a key: ``Config.from_preset("noadapt", "cpu",
         optim__epochs=3)``; a dict of dotted keys may also be passed as ``overrides={"optim.epochs": 3}``.
         """
-        from udavae.methods.presets import build_config
-
         dotted = dict(overrides.pop("overrides", None) or {})
         dotted.update({k.replace("__", "."): v for k, v in overrides.items()})
         return build_config(preset, profile, dotted)
@@ -569,3 +599,71 @@ def _foreign_key(key: str, cfg: Config) -> ValueError:
         f"to {', '.join(owners)}): it would have no effect. Keys of {cfg.method.kind!r}: "
         f"{', '.join(own) or 'none'}"
     )
+
+
+#: Compute profiles: *how much* a run trains (width, crop, batch, schedule); presets say *what*.
+PROFILES: dict[str, dict[str, Any]] = {
+    # The paper's setting (a GPU setting: ~5.3-5.7 TFLOP per step).
+    "paper": {
+        "model.base_width": 64,
+        "data.crop": 160,
+        "data.jitter": 16,
+        "optim.batch_size": 12,
+        "optim.epochs": 30,
+        "optim.iters_per_epoch": 130,
+        "optim.lr": 1e-4,
+    },
+    # A budget that trains UDA-VAE++ on 2 CPU cores in <= 40 minutes: measured 39 min in fp32 and 28 min with
+    # --amp bf16 on an idle 2-core AMD EPYC VM with AVX512-BF16 (docs/performance.md, benchmarks/mscmrseg_cpu.py).
+    # Slices zoomed by 2/3 in pixels (192 -> 128; 2.25x fewer pixels), 96x96 training crops (the paper's
+    # 160-of-192 at 2/3); evaluation still at the native grid. A pixel zoom rather than a common spacing:
+    # the Patch192 C0 headers (1.25 mm) do not describe their pixels, and resampling by them made the C0
+    # hearts twice the size of the LGE hearts.
+    "cpu": {
+        "model.base_width": 16,
+        "model.recon_width": 32,
+        "data.zoom": 2 / 3,
+        "data.size": 128,
+        "data.crop": 96,
+        "data.jitter": 16,
+        "optim.batch_size": 12,
+        "optim.epochs": 12,
+        "optim.iters_per_epoch": 100,
+        "optim.lr": 1e-3,
+        "optim.lr_decay": 0.85,
+    },
+    # Seconds-scale runs for tests and the demo.
+    "tiny": {
+        "model.base_width": 8,
+        "model.recon_width": 16,
+        "data.crop": 64,
+        "data.jitter": 8,
+        "optim.batch_size": 4,
+        "optim.epochs": 2,
+        "optim.iters_per_epoch": 5,
+        "optim.lr": 1e-3,
+        "optim.lr_decay": 0.9,
+        "train.labelfree_cases": 2,
+    },
+}
+
+
+def build_config(preset: str = "udavae++", profile: str = "paper", overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults <- profile <- preset <- overrides, validated.
+
+    Raises:
+        ValueError: unknown preset / profile / key, or an inconsistent result.
+    """
+    presets = preset_table()
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(presets)}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    cfg = Config(preset=preset, profile=profile)
+    apply_overrides(cfg, PROFILES[profile])
+    kind, preset_overrides, _ = presets[preset]
+    apply_overrides(cfg, {"method.kind": kind, **preset_overrides})
+    cfg.method.name = preset
+    apply_overrides(cfg, overrides or {})
+    cfg.validate()
+    return cfg

@@ -28,8 +28,6 @@ from typing import Any
 import torch
 import yaml
 
-import udavae
-import udavae.methods  # noqa: F401  (registers the method kinds whose options config.yaml holds)
 from udavae.config import Config
 from udavae.data.preprocessing import Preprocessing
 from udavae.data.spec import LabelMap
@@ -46,6 +44,8 @@ from udavae.fileio import (
     write_text,
 )
 from udavae.layout import CONFIG_FILE, MODEL_FILE, POSTPROCESSING_FILE, SELECTION_FILE, checkpoint_file
+from udavae.methods import UDAMethod, build_method
+from udavae.version import __version__
 
 #: The checkpoint name meaning "the one ``selection.json`` names" (``best`` in folders without it).
 SELECTED = "selected"
@@ -150,7 +150,7 @@ class ModelInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "udavae_version": udavae.__version__,
+            "udavae_version": __version__,
             "torch_version": torch.__version__,
             "dataset": {"name": self.dataset_name, "path": self.dataset_path},
             "source": self.source,
@@ -268,14 +268,12 @@ def check_new_run_folder(run: str | Path) -> None:
 
 def load_trained(
     run: str | Path, checkpoint: str = SELECTED, device: str | torch.device = "cpu"
-) -> tuple[Config, ModelInfo, udavae.methods.UDAMethod, dict]:
+) -> tuple[Config, ModelInfo, UDAMethod, dict]:
     """Rebuild the trained method of a model folder, weights loaded, in eval mode.
 
     Returns:
         (config, model info, method, checkpoint dict).
     """
-    from udavae.methods import build_method
-
     run = Path(run)
     cfg, info = read_model_folder(run)
     checkpoint = resolve_checkpoint(run, checkpoint)

@@ -31,78 +31,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import udavae.methods  # noqa: F401  (registers every method and its presets)
-from udavae.config import Config, apply_overrides
-from udavae.methods.registry import PRESET_TABLE
+from udavae.config import PROFILES, build_config, preset_table
+
+__all__ = ["PRESETS", "PRESET_HELP", "PROFILES", "build_config"]
 
 #: Method kinds in the order their presets are listed (the headline method first, then the baselines).
 _KIND_ORDER = ("vae", "noadapt", "cfd", "sifa", "pnp_adanet", "gin_ipa")
-_TABLE = sorted(PRESET_TABLE.items(), key=lambda item: (_KIND_ORDER + (item[1][0],)).index(item[1][0]))
+_TABLE = sorted(preset_table().items(), key=lambda item: (*_KIND_ORDER, item[1][0]).index(item[1][0]))
 #: preset -> its overrides, ``method.kind`` first (each preset is declared beside its method).
-PRESETS: dict[str, dict[str, Any]] = {name: {"method.kind": kind, **p.overrides} for name, (kind, p) in _TABLE}
+PRESETS: dict[str, dict[str, Any]] = {name: {"method.kind": kind, **over} for name, (kind, over, _) in _TABLE}
 #: preset -> one line of help.
-PRESET_HELP: dict[str, str] = {name: p.help for name, (_, p) in _TABLE}
-
-PROFILES: dict[str, dict[str, Any]] = {
-    # The paper's setting (a GPU setting: ~5.3-5.7 TFLOP per step).
-    "paper": {
-        "model.base_width": 64,
-        "data.crop": 160,
-        "data.jitter": 16,
-        "optim.batch_size": 12,
-        "optim.epochs": 30,
-        "optim.iters_per_epoch": 130,
-        "optim.lr": 1e-4,
-    },
-    # A budget that trains UDA-VAE++ on 2 CPU cores in <= 40 minutes: measured 39 min in fp32 and 28 min with
-    # --amp bf16 on an idle 2-core AMD EPYC VM with AVX512-BF16 (docs/performance.md, benchmarks/mscmrseg_cpu.py).
-    # Slices zoomed by 2/3 in pixels (192 -> 128; 2.25x fewer pixels), 96x96 training crops (the paper's
-    # 160-of-192 at 2/3); evaluation still at the native grid. A pixel zoom rather than a common spacing:
-    # the Patch192 C0 headers (1.25 mm) do not describe their pixels, and resampling by them made the C0
-    # hearts twice the size of the LGE hearts.
-    "cpu": {
-        "model.base_width": 16,
-        "model.recon_width": 32,
-        "data.zoom": 2 / 3,
-        "data.size": 128,
-        "data.crop": 96,
-        "data.jitter": 16,
-        "optim.batch_size": 12,
-        "optim.epochs": 12,
-        "optim.iters_per_epoch": 100,
-        "optim.lr": 1e-3,
-        "optim.lr_decay": 0.85,
-    },
-    # Seconds-scale runs for tests and the demo.
-    "tiny": {
-        "model.base_width": 8,
-        "model.recon_width": 16,
-        "data.crop": 64,
-        "data.jitter": 8,
-        "optim.batch_size": 4,
-        "optim.epochs": 2,
-        "optim.iters_per_epoch": 5,
-        "optim.lr": 1e-3,
-        "optim.lr_decay": 0.9,
-        "train.labelfree_cases": 2,
-    },
-}
-
-
-def build_config(preset: str = "udavae++", profile: str = "paper", overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults <- profile <- preset <- overrides, validated.
-
-    Raises:
-        ValueError: unknown preset / profile / key, or an inconsistent result.
-    """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
-    cfg = Config(preset=preset, profile=profile)
-    apply_overrides(cfg, PROFILES[profile])
-    apply_overrides(cfg, PRESETS[preset])
-    cfg.method.name = preset
-    apply_overrides(cfg, overrides or {})
-    cfg.validate()
-    return cfg
+PRESET_HELP: dict[str, str] = {name: text for name, (_, _, text) in _TABLE}

@@ -1,22 +1,22 @@
 """The method registry: ``@register_method`` declares a method class, its options and its presets.
 
-Each method module decorates its class; :mod:`udavae.methods` imports the method modules explicitly (the one
-list of methods), so the registry is complete as soon as ``udavae.methods`` is imported, and
-:mod:`udavae.config` imports it itself whenever it needs a method's options: a configuration behaves the same
-whatever was imported first.
+Each method module decorates its class; :mod:`udavae.methods` imports the method modules explicitly, and the
+package declares each method class in the ``udavae.methods`` entry-point group (pyproject.toml), through which
+:mod:`udavae.config` loads them whenever it needs a method's options or presets: a configuration behaves the
+same whatever was imported first, and no lower layer imports a method.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from udavae.config import register_method_options
 
-if TYPE_CHECKING:
-    from udavae.methods.base import UDAMethod
+#: A method class (a ``udavae.methods.base.UDAMethod`` sub-class; not imported here, which imports this module).
+M = TypeVar("M", bound=type)
 
-__all__ = ["METHODS", "PRESET_TABLE", "Preset", "register_method"]
+__all__ = ["METHODS", "Preset", "register_method"]
 
 
 @dataclass(frozen=True)
@@ -33,22 +33,15 @@ class Preset:
 
 
 #: ``method.kind`` -> method class.
-METHODS: dict[str, type[UDAMethod]] = {}
-#: preset name -> (method kind, preset), in registration order.
-PRESET_TABLE: dict[str, tuple[str, Preset]] = {}
+METHODS: dict[str, type] = {}
 
 
-def register_method(cls: type[UDAMethod]) -> type[UDAMethod]:
+def register_method(cls: M) -> M:
     """Class decorator: register ``cls`` under ``cls.kind`` with its options ``cls.Options`` and presets."""
     if not cls.kind:
         raise ValueError(f"{cls.__name__} has no kind")
     if cls.Options().kind != cls.kind:
         raise ValueError(f"{cls.__name__}.Options has kind {cls.Options().kind!r}, not {cls.kind!r}")
-    register_method_options(cls.kind, cls.Options)
+    register_method_options(cls.kind, cls.Options, {n: (p.overrides, p.help) for n, p in cls.presets.items()})
     METHODS[cls.kind] = cls
-    for name, preset in cls.presets.items():
-        owner = PRESET_TABLE.get(name)
-        if owner is not None and owner[0] != cls.kind:
-            raise ValueError(f"preset {name!r} is declared by both {owner[0]!r} and {cls.kind!r}")
-        PRESET_TABLE[name] = (cls.kind, preset)
     return cls
