@@ -100,8 +100,8 @@ def main() -> None:
 
     from udavae.data.importers import import_mscmrseg
     from udavae.data.spec import SPEC_FILE
+    from udavae.engine.evaluate import evaluate_run
     from udavae.engine.model_folder import load_checkpoint, open_model
-    from udavae.evaluation.run import evaluate_run
 
     source, target, runs, protocol = DIRECTIONS[args.direction]
     work = Path(args.work)

@@ -235,9 +235,9 @@ def evaluate(
         save_masks: also write the masks (NIfTI) into ``out/masks``.
         verbose: print the tables.
     """
+    from udavae.engine.evaluate import evaluate_run
     from udavae.engine.labelfree import case_scores
     from udavae.engine.model_folder import read_selection
-    from udavae.evaluation.run import evaluate_run
 
     trained = run._trained if isinstance(run, Model) else load(run, checkpoint, device)._trained
     case_ids = None

@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate_and_report(run_dir: Path) -> dict:
     """Evaluate the best checkpoint on the target test split and write the report figures."""
+    from udavae.engine.evaluate import evaluate_run
     from udavae.engine.model_folder import open_model
-    from udavae.evaluation.run import evaluate_run
     from udavae.layout import report_folder
     from udavae.reports.figures import make_report
 

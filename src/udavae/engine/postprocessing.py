@@ -11,8 +11,8 @@ from pathlib import Path
 
 from udavae.data.volumes import LoadedCase
 from udavae.engine import model_folder as mf
+from udavae.engine.evaluate import decide_for_cases
 from udavae.engine.inference import Predictor
-from udavae.evaluation.evaluate import decide_for_cases
 from udavae.evaluation.postprocess import PostProcessing
 
 __all__ = ["decide_and_save", "postprocess_run"]

@@ -26,9 +26,8 @@ from tqdm.auto import tqdm
 from udavae.engine.model_folder import SELECTED, resolve_checkpoint
 from udavae.engine.sweep_plan import PLAN_FILE, RunSpec, SweepPlan
 from udavae.errors import UserError
-from udavae.evaluation.run import eval_folder
 from udavae.fileio import LOCK_FILE, FolderLock, read_json, write_json
-from udavae.layout import checkpoint_file
+from udavae.layout import checkpoint_file, eval_folder
 
 STATUS_FILE = "status.json"
 RUN_INFO_FILE = "sweep_run.json"

@@ -32,6 +32,7 @@ from udavae.data.spec import DatasetSpec
 from udavae.data.volumes import LoadedCase, SliceStack, load_cases
 from udavae.engine import model_folder as mf
 from udavae.engine.ema import WeightAverage
+from udavae.engine.evaluate import validation_dice
 from udavae.engine.inference import Predictor
 from udavae.engine.labelfree import case_scores, summarize_scores
 from udavae.engine.runtime import (
@@ -49,7 +50,6 @@ from udavae.engine.runtime import (
 from udavae.engine.selection import Selector, resolve_rule
 from udavae.engine.step import batch_to_device, load_optimizer_state, optimisation_step, remember_base_lr
 from udavae.errors import DataError, UserError
-from udavae.evaluation.evaluate import validation_dice
 from udavae.fileio import FolderLock, ensure_writable_dir, remove_stale_temporaries, write_text
 from udavae.layout import LOG_CSV, LOG_JSONL
 from udavae.methods import build_method

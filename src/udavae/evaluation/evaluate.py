@@ -1,8 +1,8 @@
-"""Evaluating a network on cases of a split, per patient and per structure, at native resolution.
+"""Evaluation results as files and tables: per-case metric rows to ``metrics.csv``, their summary to
+``summary.json``, and the Dice / distance tables printed by ``udavae evaluate`` and the demo.
 
-Used both for per-epoch validation (Dice only, fast) and for ``udavae evaluate`` (all metrics, see
-:mod:`udavae.evaluation.run`). The network comes in as any object with ``predict`` (:class:`Segmenter`; the
-engine's ``Predictor`` is one), so this layer does not depend on the engine.
+Running a network over cases is the engine's job (:mod:`udavae.engine.evaluate`); this module only turns
+metric rows (from :mod:`udavae.evaluation.metrics`) into files and text.
 """
 
 from __future__ import annotations
@@ -10,83 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from udavae.data.preprocessing import Geometry
-from udavae.data.volumes import LoadedCase
-from udavae.evaluation.metrics import METRIC_NAMES, dice_per_class, multiclass_metrics, summarize
-from udavae.evaluation.postprocess import PostProcessing, decide_postprocessing
+from udavae.evaluation.metrics import METRIC_NAMES, summarize
 from udavae.fileio import atomic_write, write_json
-
-
-class ClassMap(Protocol):
-    """A prediction: ``classes`` is the class-index volume on the case's native grid (x, y, z)."""
-
-    classes: np.ndarray
-
-
-class Segmenter(Protocol):
-    """Whole-volume segmentation (``udavae.engine.inference.Predictor`` implements it)."""
-
-    def predict(self, slices: torch.Tensor, geom: Geometry, samples: int = 1) -> ClassMap:
-        """Class map of preprocessed slices (z, H, W), returned on the native grid ``geom``."""
-        ...
-
-
-def validation_dice(predictor: Segmenter, cases: Iterable[LoadedCase], num_classes: int) -> np.ndarray:
-    """Per-case, per-structure Dice (cases x K-1) at the native resolution."""
-    cases = list(cases)
-    preds = predict_classes(predictor, cases)
-    return np.array([dice_per_class(p, c.native_label, num_classes) for p, c in zip(preds, cases)])  # type: ignore[arg-type]
-
-
-def predict_classes(predictor: Segmenter, cases: Iterable[LoadedCase]) -> list[np.ndarray]:
-    """Predicted class maps (native grid) of ``cases``."""
-    return [predictor.predict(case.image, case.geometry).classes for case in cases]
-
-
-def decide_for_cases(
-    predictor: Segmenter, cases: list[LoadedCase], class_names: dict[int, str], decided_on: str
-) -> PostProcessing:
-    """Decide the post-processing on labelled (validation) cases; see :mod:`udavae.evaluation.postprocess`."""
-    labels = [case.native_label for case in cases]
-    if any(lbl is None for lbl in labels):
-        raise ValueError("post-processing is decided on labelled cases only")
-    return decide_postprocessing(predict_classes(predictor, cases), labels, class_names, decided_on)  # type: ignore[arg-type]
-
-
-def evaluate_cases(
-    predictor: Segmenter,
-    cases: list[LoadedCase],
-    class_names: dict[int, str],
-    on_prediction: Any = None,
-    postprocessing: PostProcessing | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """All metrics per case and structure, of the raw and of the post-processed predictions.
-
-    Returns ``(rows, raw_rows)``: ``rows`` for the predictions as ``predict`` writes them (post-processed if
-    ``postprocessing`` filters anything), ``raw_rows`` for the network's own output (the same list when
-    nothing is filtered). ``on_prediction(case, classes)`` gets the final class map if given.
-    """
-    rows: list[dict[str, Any]] = []
-    raw_rows: list[dict[str, Any]] = []
-    active = postprocessing is not None and bool(postprocessing.largest_component)
-    for case in tqdm(cases, desc="evaluating", unit="case", leave=False, disable=None):
-        raw = predictor.predict(case.image, case.geometry).classes
-        final = postprocessing.apply(raw, class_names) if active else raw  # type: ignore[union-attr]
-        if on_prediction is not None:
-            on_prediction(case, final)
-        for target, classes in ((rows, final), (raw_rows, raw)) if active else ((rows, final),):
-            metrics = multiclass_metrics(classes, case.native_label, case.spacing, class_names)
-            for structure, vals in metrics.items():
-                target.append({"case": case.id, "structure": structure, **vals})
-    return rows, (raw_rows if active else rows)
 
 
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:

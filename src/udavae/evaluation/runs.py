@@ -199,7 +199,7 @@ def default_out(args: Sequence[str]) -> Path:
 
 def eval_dir(run: RunInfo, split: str, checkpoint: str) -> Path:
     """Where ``udavae evaluate`` writes a run's metrics for ``split`` and ``checkpoint``."""
-    from udavae.evaluation.run import eval_folder
+    from udavae.layout import eval_folder
 
     return eval_folder(run.path, run.domain, split, checkpoint)
 

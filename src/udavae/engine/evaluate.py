@@ -1,85 +1,88 @@
-"""``udavae evaluate`` without the engine: a loaded model folder's metrics on a split, written and printed.
+"""Evaluating a trained network on cases: per-epoch validation Dice, the post-processing decision, and
+``udavae evaluate`` (a loaded model folder's metrics on a split, written and printed).
 
-The model folder is loaded by the caller (``udavae.engine.model_folder.open_model``) and comes in as any
-object with the attributes of :class:`EvaluableModel`, so this layer does not import the engine::
-
-    from udavae.engine.model_folder import open_model
-    from udavae.evaluation.run import evaluate_run
-
-    summary, out = evaluate_run(open_model("runs/udavae++", "best", "cpu"), split="test", verbose=False)
+The network runs here; the metrics, their files and tables are :mod:`udavae.evaluation`'s array and file
+functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from udavae import layout
-from udavae.config import Config
-from udavae.data.preprocessing import Preprocessing
-from udavae.data.spec import LabelMap
+from udavae.data.volumes import LoadedCase
 from udavae.errors import DataError
-from udavae.evaluation.evaluate import (
-    Segmenter,
-    evaluate_cases,
-    format_table,
-    summary_of,
-    write_metrics_csv,
-    write_summary,
-)
-from udavae.evaluation.postprocess import PostProcessing
+from udavae.evaluation.evaluate import format_table, summary_of, write_metrics_csv, write_summary
+from udavae.evaluation.metrics import dice_per_class, multiclass_metrics
+from udavae.evaluation.postprocess import PostProcessing, decide_postprocessing
 
-__all__ = ["EvaluableModel", "ModelDescription", "evaluate_run", "print_evaluation"]
-
-
-class ModelDescription(Protocol):
-    """What evaluation reads of ``model.json`` (``udavae.engine.model_folder.ModelInfo`` has it)."""
-
-    labels: LabelMap
-    preprocessing: Preprocessing
-    dataset_path: str
-    target: str
+__all__ = [
+    "decide_for_cases",
+    "evaluate_cases",
+    "evaluate_run",
+    "predict_classes",
+    "print_evaluation",
+    "validation_dice",
+]
 
 
-class EvaluableModel(Protocol):
-    """A loaded model folder (``udavae.engine.model_folder.TrainedModel`` is one).
+def validation_dice(predictor, cases: Iterable[LoadedCase], num_classes: int) -> np.ndarray:
+    """Per-case, per-structure Dice (cases x K-1) at the native resolution."""
+    cases = list(cases)
+    preds = predict_classes(predictor, cases)
+    return np.array([dice_per_class(p, c.native_label, num_classes) for p, c in zip(preds, cases)])  # type: ignore[arg-type]
 
-    Attributes:
-        run: the model folder (default output folder: ``run/eval/<domain>_<split>_<checkpoint>``).
-        checkpoint: which weights (``best`` / ``last``), recorded in the summary.
-        config: the run's configuration (method name and seed are recorded).
-        info: labels, preprocessing, dataset path and target domain.
-        predictor: whole-volume segmentation by the loaded network.
+
+def predict_classes(predictor, cases: Iterable[LoadedCase]) -> list[np.ndarray]:
+    """Predicted class maps (native grid) of ``cases``."""
+    return [predictor.predict(case.image, case.geometry).classes for case in cases]
+
+
+def decide_for_cases(
+    predictor, cases: list[LoadedCase], class_names: dict[int, str], decided_on: str
+) -> PostProcessing:
+    """Decide the post-processing on labelled (validation) cases; see :mod:`udavae.evaluation.postprocess`."""
+    labels = [case.native_label for case in cases]
+    if any(lbl is None for lbl in labels):
+        raise ValueError("post-processing is decided on labelled cases only")
+    return decide_postprocessing(predict_classes(predictor, cases), labels, class_names, decided_on)  # type: ignore[arg-type]
+
+
+def evaluate_cases(
+    predictor,
+    cases: list[LoadedCase],
+    class_names: dict[int, str],
+    on_prediction: Any = None,
+    postprocessing: PostProcessing | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """All metrics per case and structure, of the raw and of the post-processed predictions.
+
+    Returns ``(rows, raw_rows)``: ``rows`` for the predictions as ``predict`` writes them (post-processed if
+    ``postprocessing`` filters anything), ``raw_rows`` for the network's own output (the same list when
+    nothing is filtered). ``on_prediction(case, classes)`` gets the final class map if given.
     """
-
-    run: Path
-    checkpoint: str
-    config: Config
-    info: ModelDescription
-    predictor: Segmenter
-
-    @property
-    def epoch(self) -> int | None:
-        """The epoch the checkpoint was saved after."""
-        ...
-
-    def postprocessing(self) -> PostProcessing | None:
-        """The post-processing decided for this checkpoint, or None."""
-        ...
-
-
-def eval_folder(run: str | Path, domain: str, split: str, checkpoint: str) -> Path:
-    """Where ``udavae evaluate`` writes a model folder's metrics by default: ``RUN/eval/<domain>_<split>_<checkpoint>``
-    (read back by ``udavae compare`` and ``udavae sweep``)."""
-    return layout.eval_folder(run, domain, split, checkpoint)
+    rows: list[dict[str, Any]] = []
+    raw_rows: list[dict[str, Any]] = []
+    active = postprocessing is not None and bool(postprocessing.largest_component)
+    for case in tqdm(cases, desc="evaluating", unit="case", leave=False, disable=None):
+        raw = predictor.predict(case.image, case.geometry).classes
+        final = postprocessing.apply(raw, class_names) if active else raw  # type: ignore[union-attr]
+        if on_prediction is not None:
+            on_prediction(case, final)
+        for target, classes in ((rows, final), (raw_rows, raw)) if active else ((rows, final),):
+            metrics = multiclass_metrics(classes, case.native_label, case.spacing, class_names)
+            for structure, vals in metrics.items():
+                target.append({"case": case.id, "structure": structure, **vals})
+    return rows, (raw_rows if active else rows)
 
 
 def evaluate_run(
-    model: EvaluableModel,
+    model,  # noqa: ANN001  (a udavae.engine.model_folder.TrainedModel)
     split: str = "test",
     domain: str | None = None,
     dataset: str | None = None,
@@ -130,7 +133,7 @@ def evaluate_run(
     if unlabelled:
         raise DataError(f"cannot evaluate {domain}/{split}: cases without labels {unlabelled}")
     pp = model.postprocessing() if postprocess else None
-    out = Path(out) if out else eval_folder(run, domain, split, checkpoint)
+    out = Path(out) if out else layout.eval_folder(run, domain, split, checkpoint)
     # Whole slices: the masks are predicted as ``predict`` predicts them, never cut by the training crop.
     loaded = load_cases(spec, cases, info.preprocessing, with_labels=True, desc=f"loading {domain}/{split}", whole=True)
     out = ensure_writable_dir(out)  # only now: a split that cannot be loaded leaves no empty folder behind
