@@ -10,15 +10,16 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/nibabel-*.whl && export PYTHONPATH=/tmp/site:$PWD/src
 python3 -c "import torch, udavae; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
 # 1. the CUDA tests (bf16 steps of every variational preset, CUDA-graph step)
-python3 -m pytest -q tests/test_runtime.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+python3 -m pytest -q tests/engine/test_runtime.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
 # 2. speed: peaks, each lever on and off, the authors' step beside it
 python3 benchmarks/bench_gpu.py --steps ${STEPS:-20} --warmup 5 --reference .gpu/reference/ref_step.py \
     --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench.log"
-# 3. the paper run of udavae++ in bf16 (30 epochs, per-epoch validation), evaluated on the test patients
+# 3. the paper run in bf16 (30 epochs, per-epoch validation), evaluated on the test patients: udavae++ and, with
+#    PAPER_PRESETS=udavae++,slaug JOBS=2, the best augmentation preset beside it on the same GPU
 [ -d .gpu/Patch192 ] || tar xJf .gpu/mscmrseg_p192_12bit.tar.xz -C .gpu
 udavae() { python3 -m udavae "$@"; }
 export -f udavae
-AMP=${AMP:-bf16} COMPILE=${COMPILE:-} PRESETS=udavae++ SEEDS=0 JOBS=1 bash benchmarks/gpu_paper.sh .gpu/Patch192 \
+AMP=${AMP:-bf16} COMPILE=${COMPILE:-} PRESETS=${PAPER_PRESETS:-udavae++} SEEDS=0 JOBS=${JOBS:-1} bash benchmarks/gpu_paper.sh .gpu/Patch192 \
     "$OUT/runs" 2>&1 | grep -v '^\s*$' | tee "$OUT/paper.log"
 RUN="$OUT/runs/sweep/runs/udavae++_seed0"
 cp "$RUN/log.csv" "$OUT/paper_log.csv" 2>/dev/null

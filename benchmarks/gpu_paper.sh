@@ -4,7 +4,8 @@
 #
 #   benchmarks/gpu_paper.sh PATCH192_DIR [OUT_DIR]
 #
-# Grid: benchmarks/paper_sweep.yaml (noadapt, uda-vae, cfdnet, udavae++ and the deck's ablation rows, seeds 0,1,2),
+# Grid: benchmarks/paper_sweep.yaml (noadapt, uda-vae, cfdnet, udavae++, the paper's ablation rows and the
+# augmentation presets, seeds 0,1,2),
 # or PRESETS=a,b [SEEDS=0,1] for a smaller one. Environment: AMP=none|bf16 (default bf16; fp16 is refused for
 # training), COMPILE=<torch.compile mode> (default none; reduce-overhead replays the step as CUDA graphs), EPOCHS,
 # ITERS, DEVICE (default cuda), GPUS (default 0; e.g. 0,1,2,3), JOBS (runs at once per GPU, default 3: one
