@@ -29,8 +29,8 @@ def _heart(size: int = 64, gap: bool = False, rv: bool = True) -> np.ndarray:
     m[d < 9] = 2
     if rv:
         m[(np.abs(yy - 32) < 8) & (xx >= 12) & (xx < 23)] = 3  # touches the ring's left edge at x = 22
-    if gap:  # a quarter of the ring removed on the right: the LV touches background
-        m[(d >= 9) & (d < 14) & (xx > 40) & (np.abs(yy - 32) < 7)] = 0
+    if gap:  # the right half of the ring removed: the LV touches background
+        m[(d >= 9) & (d < 14) & (xx > 36)] = 0
     return m
 
 
@@ -75,7 +75,7 @@ def test_plausibility_of_a_drawn_ring_and_a_broken_one() -> None:
 def test_each_rule_catches_its_defect(defect: str, rule: str) -> None:
     m = _heart()
     if defect == "two_lv":
-        m[2:6, 2:6] = 2
+        m[2:14, 2:14] = 2  # a second LV as large as half the first
     elif defect == "lv_hole":
         m[31:34, 35:38] = 0
     elif defect == "rv_away":

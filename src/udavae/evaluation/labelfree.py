@@ -15,13 +15,18 @@ engine's job (:mod:`udavae.engine.labelfree`). docs/selection.md explains each s
 
 Cardiac rules (one short-axis slice; structures LV blood pool, MYO myocardium, RV blood pool):
 
-1. the LV, if present, is one connected component without holes, and has a myocardium;
+1. the LV, if present, is one piece (its largest connected component holds at least ``piece_min`` of it)
+   without holes, and has a myocardium;
 2. the myocardium encloses the LV as a ring: at least ``ring_min`` of the pixels bordering the LV are
    myocardium (an open ring, or an LV touching background or RV, fails), and LV + MYO has no holes;
-3. the myocardium is one connected component;
-4. the RV, if present, is one connected component without holes that touches the myocardium.
+3. the myocardium is one piece (largest component >= ``piece_min`` of it);
+4. the RV, if present, has no holes, its largest component holds at least ``rv_piece_min`` of it (the basal
+   RV is often split), and it lies within 3 pixels of the myocardium when the slice has one.
 
 Slices without any structure are not counted. A slice with myocardium but no LV (the apex) passes rules 1-2.
+The thresholds are calibrated on *source* labels, which a user has: on the 35 MS-CMRSeg bSSFP (C0) label
+volumes, 5% of the LV borders are less than 74% myocardium (basal slices, the outflow tract), 10% of the RVs
+are split with their largest piece under 74%, and 1% of the myocardia have a largest piece under 95%.
 """
 
 from __future__ import annotations
@@ -91,15 +96,22 @@ class SlicePlausibility:
     broken: list[str] = field(default_factory=list)
 
 
-def _components(mask: np.ndarray) -> int:
-    return int(ndimage.label(mask, structure=_EIGHT)[1])
+def _largest_share(mask: np.ndarray) -> float:
+    """Share of ``mask``'s pixels in its largest (8-connected) component."""
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    if n <= 1:
+        return 1.0
+    sizes = np.bincount(labels.ravel())[1:]
+    return float(sizes.max() / sizes.sum())
 
 
 def _has_holes(mask: np.ndarray) -> bool:
     return bool((ndimage.binary_fill_holes(mask, structure=_FOUR) & ~mask).any())
 
 
-def slice_plausibility(classes: np.ndarray, roles: CardiacRoles, ring_min: float = 0.9) -> SlicePlausibility | None:
+def slice_plausibility(
+    classes: np.ndarray, roles: CardiacRoles, ring_min: float = 0.7, piece_min: float = 0.9, rv_piece_min: float = 0.5
+) -> SlicePlausibility | None:
     """The cardiac rules (module docstring) on one 2-D class map; None when the slice shows no structure."""
     lv = classes == roles.lv
     myo = classes == roles.myo
@@ -108,7 +120,7 @@ def slice_plausibility(classes: np.ndarray, roles: CardiacRoles, ring_min: float
         return None
     broken: list[str] = []
     if lv.any():
-        if _components(lv) != 1:
+        if _largest_share(lv) < piece_min:
             broken.append("LV in several pieces")
         if _has_holes(lv):
             broken.append("hole in the LV")
@@ -120,20 +132,20 @@ def slice_plausibility(classes: np.ndarray, roles: CardiacRoles, ring_min: float
                 broken.append("myocardium does not enclose the LV")
             if _has_holes(lv | myo):
                 broken.append("hole in LV + myocardium")
-    if myo.any() and _components(myo) != 1:
+    if myo.any() and _largest_share(myo) < piece_min:
         broken.append("myocardium in several pieces")
     if rv.any():
-        if _components(rv) != 1:
+        if _largest_share(rv) < rv_piece_min:
             broken.append("RV in several pieces")
         if _has_holes(rv):
             broken.append("hole in the RV")
-        if not (ndimage.binary_dilation(rv, structure=_EIGHT) & myo).any():
+        if myo.any() and not (ndimage.binary_dilation(rv, structure=_EIGHT, iterations=3) & myo).any():
             broken.append("RV does not touch the myocardium")
     return SlicePlausibility(not broken, broken)
 
 
 def plausibility(
-    classes: np.ndarray, roles: CardiacRoles, slice_axis: int = -1, ring_min: float = 0.9
+    classes: np.ndarray, roles: CardiacRoles, slice_axis: int = -1, ring_min: float = 0.7
 ) -> tuple[float, int, int]:
     """(share of plausible slices, number of implausible slices, number of slices with a structure).
 

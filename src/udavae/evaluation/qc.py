@@ -31,7 +31,7 @@ class DoubtfulRule:
         max_entropy: the mean normalised entropy exceeds this.
     """
 
-    min_plausibility: float = 0.7
+    min_plausibility: float = 0.6
     min_agreement: float = 0.85
     max_entropy: float = 0.15
 
