@@ -93,3 +93,35 @@ def test_augmentation_is_off_at_prediction(run: Path, unlabelled: Path) -> None:
         model.method.net.eval()
         direct = torch.softmax(model.method.net(slices[:, None]).logits, 1)
     assert torch.allclose(a, direct, atol=1e-6)
+
+
+def test_readme_import_of_an_unlabelled_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's first workflow: a labelled domain, then an unlabelled one added without --labels."""
+    generate_dataset(tmp_path / "synth", n_source=2, n_target=2, size=64, slices=2, seed=6, n_val=1)
+    lge = tmp_path / "my_lge"
+    lge.mkdir()
+    for f in (tmp_path / "synth" / "LGE" / "images").iterdir():
+        shutil.copy(f, lge / f.name)
+    out = tmp_path / "datasets" / "mine"
+    assert (
+        main(
+            [
+                "data",
+                "import",
+                "folder",
+                str(tmp_path / "synth" / "C0"),
+                str(out),
+                "--domain",
+                "C0",
+                "--labels",
+                "MYO=200,LV=500,RV=600",
+            ]
+        )
+        == 0
+    )
+    assert main(["data", "import", "folder", str(lge), str(out), "--domain", "LGE", "--unlabelled"]) == 0
+    spec = json.loads((out / "dataset.json").read_text())
+    assert spec["labels"]["codes"] == {"MYO": 200, "LV": 500, "RV": 600}
+    assert all("label" not in c for c in spec["domains"]["LGE"])
+    assert main(["data", "import", "folder", str(lge), str(tmp_path / "new"), "--domain", "LGE", "--unlabelled"]) == 2
+    assert "--labels is needed" in capsys.readouterr().err

@@ -155,7 +155,7 @@ def _cmd_folder(args: argparse.Namespace) -> int:
         args.src,
         args.out,
         domain=args.domain,
-        labels=parse_labels(args.labels),
+        labels=parse_labels(args.labels) if args.labels else None,
         label_suffix=args.label_suffix,
         image_suffix=args.image_suffix,
         val=_split_arg(args.val),
@@ -231,7 +231,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="source folder (flat, images/ + labels/, or nnU-Net imagesTr/ + labelsTr/)")
     p.add_argument("out", help="output dataset folder (new, or an existing dataset to add the domain to)")
     p.add_argument("--domain", required=True, help="domain name, e.g. LGE")
-    p.add_argument("--labels", required=True, metavar="NAME=CODE[+CODE...],...", help=LABELS_HELP)
+    p.add_argument(
+        "--labels",
+        metavar="NAME=CODE[+CODE...],...",
+        help=LABELS_HELP + " Optional when OUT is an existing dataset: its label map is used.",
+    )
     p.add_argument("--label-suffix", help="label file name suffix in a flat folder (default: _label)")
     p.add_argument(
         "--image-suffix",

@@ -380,7 +380,7 @@ def import_folder(
     src: str | Path,
     out: str | Path,
     domain: str,
-    labels: LabelMap | Mapping[str, int | Sequence[int]],
+    labels: LabelMap | Mapping[str, int | Sequence[int]] | None,
     label_suffix: str | None = None,
     image_suffix: str = "",
     val: Sequence[str] | str | None = None,
@@ -400,7 +400,8 @@ def import_folder(
     accepted. Cases named in ``val`` / ``test`` form those splits, the rest ``train``.
 
     Args:
-        labels: structure name -> code(s) in the label files, e.g. ``{"MYO": [200, 1220, 2221], "LV": 500}``
+        labels: structure name -> code(s) in the label files, e.g. ``{"MYO": [200, 1220, 2221], "LV": 500}``;
+            None when ``out`` is an existing dataset: its label map (e.g. for an unlabelled domain).
             (several codes are folded into one class; the first is the primary code), or a LabelMap.
         val, test: case ids, or ``"all"`` (:data:`udavae.data.layouts.ALL`): every labelled case not
             named by the other split.
@@ -415,6 +416,10 @@ def import_folder(
     """
     src = _require_dir(Path(src), "input folder")
     _check_domain_name(domain)
+    if labels is None:  # a domain added to an existing dataset takes its label map
+        if not (Path(out) / SPEC_FILE).is_file():
+            raise UserError(f"--labels is needed: {out} is not an existing dataset whose label map could be used")
+        labels = DatasetSpec.load(out).labels
     label_map = _label_map(labels)
     scan = scan_folder(src, image_suffix, label_suffix)
     check_labelled(src, scan, unlabelled, require_labels)
