@@ -123,7 +123,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         # weights_only: tensors and plain containers only; a pickled object can never run code here.
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's message suggests turning weights-only loading off; name only what was refused (e.g. "GLOBAL posix.system").
+        # torch's message suggests turning weights-only loading off; name only what was refused
+        # (e.g. "GLOBAL posix.system").
         what = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln), "")
         raise UserError(
             f"checkpoint {path} holds Python objects other than weights and plain data and is refused, "
