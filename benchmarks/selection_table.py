@@ -82,9 +82,6 @@ def picks(epochs: list[dict], last: int) -> dict[str, dict]:
 def case_qc(run: dict) -> dict:
     """Spearman over test cases between each per-case score and the case Dice, at the last epoch's EMA weights
     (the default label-free choice), and how many of the 10 worst test cases the doubtful flag catches."""
-    import sys
-
-    sys.path.insert(0, str(HERE.parent / "src"))
     from udavae.evaluation.qc import qc_rows
 
     names = run["class_names"]

@@ -51,3 +51,20 @@ def udavae_killed_after():
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> dict:
+    """Config overrides of a seconds-long training on the CPU (2 epochs x 2 steps, width 4, 48 px crops)."""
+    return {
+        "optim.epochs": 2,
+        "optim.iters_per_epoch": 2,
+        "optim.batch_size": 2,
+        "model.base_width": 4,
+        "model.recon_width": 8,
+        "data.crop": 48,
+        "data.jitter": 4,
+        "train.labelfree_cases": 1,
+        "runtime.device": "cpu",
+        "data.num_workers": 0,
+    }

@@ -16,25 +16,14 @@ import udavae
 from udavae.cli import main
 from udavae.data.synthetic import generate_dataset
 
-TINY = {
-    "optim.epochs": 1,
-    "optim.iters_per_epoch": 2,
-    "optim.batch_size": 2,
-    "model.base_width": 4,
-    "model.recon_width": 8,
-    "data.crop": 48,
-    "data.jitter": 4,
-    "train.labelfree_cases": 1,
-    "runtime.device": "cpu",
-    "data.num_workers": 0,
-}
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[udavae.Model, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: dict) -> tuple[udavae.Model, Path]:
     root = tmp_path_factory.mktemp("api")
     generate_dataset(root / "data", n_source=3, n_target=3, size=64, slices=3, seed=4, n_val=1)
-    cfg = udavae.Config.from_preset("udavae++", "tiny", overrides=TINY, data__dataset=str(root / "data"))
+    cfg = udavae.Config.from_preset(
+        "udavae++", "tiny", overrides={**tiny_overrides, "optim.epochs": 1}, data__dataset=str(root / "data")
+    )
     return udavae.train(cfg, root / "run"), root
 
 

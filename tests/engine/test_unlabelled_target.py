@@ -16,19 +16,6 @@ from udavae.engine import model_folder as mf
 from udavae.engine.trainer import train
 from udavae.methods.presets import PRESETS, build_config
 
-TINY = {
-    "optim.epochs": 2,
-    "optim.iters_per_epoch": 2,
-    "optim.batch_size": 2,
-    "model.base_width": 4,
-    "model.recon_width": 8,
-    "data.crop": 48,
-    "data.jitter": 4,
-    "train.labelfree_cases": 1,
-    "runtime.device": "cpu",
-    "data.num_workers": 0,
-}
-
 
 @pytest.fixture(scope="module")
 def unlabelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -44,8 +31,10 @@ def unlabelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_every_preset_trains_and_selects_without_target_labels(preset: str, unlabelled: Path, tmp_path: Path) -> None:
-    cfg = build_config(preset, "tiny", {**TINY, "data.dataset": str(unlabelled)})
+def test_every_preset_trains_and_selects_without_target_labels(
+    preset: str, unlabelled: Path, tmp_path: Path, tiny_overrides: dict
+) -> None:
+    cfg = build_config(preset, "tiny", {**tiny_overrides, "data.dataset": str(unlabelled)})
     fit = train(cfg, tmp_path / "run")
     assert fit["selection"] == "ema" and fit["checkpoint"] == "ema" and fit["best_epoch"] == 2
     record = mf.read_selection(tmp_path / "run")
@@ -56,9 +45,9 @@ def test_every_preset_trains_and_selects_without_target_labels(preset: str, unla
 
 
 @pytest.fixture(scope="module")
-def run(unlabelled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run(unlabelled: Path, tmp_path_factory: pytest.TempPathFactory, tiny_overrides: dict) -> Path:
     out = tmp_path_factory.mktemp("runs") / "slaug"
-    train(build_config("slaug", "tiny", {**TINY, "data.dataset": str(unlabelled)}), out)
+    train(build_config("slaug", "tiny", {**tiny_overrides, "data.dataset": str(unlabelled)}), out)
     return out
 
 
