@@ -3,6 +3,8 @@ GIN networks, consistency, and that nothing augments at evaluation or prediction
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -167,13 +169,22 @@ def test_slaug_stage_fuses_views_and_leaves_weights_without_gradient() -> None:
         "label": label_pyramid(torch.stack([i["label"] for i in items])),
     }
     net = _Net()
-    out = SourceAugmenter(AugmentConfig(slaug=True), 0)(batch, net, 0)
+    out = SourceAugmenter(AugmentConfig(slaug=True, slaug_views="fused"), 0)(batch, net, 0)
     fused, gla, lla = out["image"][0], batch["image"][0], batch["image_lla"][0]
     assert [t.shape for t in out["image"]] == [t.shape for t in batch["image"]]
     lo, hi = torch.minimum(gla, lla), torch.maximum(gla, lla)
     assert bool(((fused >= lo - 1e-6) & (fused <= hi + 1e-6)).all())  # a convex blend of the two views
+    assert not torch.equal(fused, gla) and not torch.equal(fused, lla)
     assert all(p.grad is None for p in net.parameters())  # the saliency pass does not touch the update
     assert out["label"] is batch["label"]
+    # default 'both': the global view, then the same fused view, labels repeated (the public code's two losses)
+    both = SourceAugmenter(AugmentConfig(slaug=True), 0)(batch, net, 0)
+    assert torch.equal(both["image"][0][:2], gla) and torch.allclose(both["image"][0][2:], fused)
+    assert [tuple(t.shape) for t in both["image"]] == [(4, 1, 32, 32), (4, 1, 16, 16), (4, 1, 8, 8)]
+    for full, lab in zip(both["label"], batch["label"]):
+        assert torch.equal(full, torch.cat([lab, lab]))
+    with pytest.raises(ValueError, match="slaug_views"):
+        AugmentConfig(slaug=True, slaug_views="gla").validate()
 
 
 def test_gin_pairs_stack_two_views_with_labels_repeated() -> None:
@@ -204,3 +215,21 @@ def test_config_validation_of_augment_keys() -> None:
         build_config("slaug", "tiny", {"augment.gin": True})
     with pytest.raises(ValueError, match="augment.gin=true"):
         build_config("gin-ipa", "tiny", {"augment.gin": False})
+
+
+@pytest.mark.parametrize("preset", ["udavae++", "cfdnet", "sifa", "pnp-adanet", "noadapt"])
+@pytest.mark.parametrize("aug", ["augment.slaug", "augment.gin"])
+def test_each_augmentation_composes_with_each_adaptation_method(
+    preset: str, aug: str, tmp_path: Path, tiny_overrides: dict
+) -> None:
+    """A batch-level augmentation changes the source batch (SLAug doubles it); every method's step takes it."""
+    from udavae.data.synthetic import generate_dataset
+    from udavae.engine.trainer import train
+    from udavae.methods.presets import build_config
+
+    data = tmp_path / "data"
+    generate_dataset(data, n_source=3, n_target=3, size=64, slices=2, seed=1, n_val=1)
+    over = {**tiny_overrides, "data.dataset": str(data), "optim.iters_per_epoch": 1, aug: True}
+    fit = train(build_config(preset, "tiny", over), tmp_path / "run")  # PnP-AdaNet: one epoch per phase
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert len(rows) == 3 and fit["best_epoch"] in (1, 2)

@@ -4,7 +4,9 @@ The data layer hands over crops already through the per-crop transforms (standar
 location-scale views: ``image`` is the global view, ``image_lla`` the class-level one). Here, on the device:
 
 * SLAug: the saliency of the global view under the current network (an input-only gradient pass, see
-  :func:`~udavae.augment.saliency.input_gradient`) fuses the two views into the source image;
+  :func:`~udavae.augment.saliency.input_gradient`) fuses the two views; the method then trains on the global
+  view and the fused view stacked along the batch (``augment.slaug_views=both``, the public code's two losses)
+  or on the fused view alone (``fused``);
 * GIN-IPA: the source image becomes an IPA view; a method that trains on view pairs (``gin-ipa``'s
   consistency loss) gets the GIN view and the IPA view of every crop, stacked along the batch.
 
@@ -66,8 +68,10 @@ class SourceAugmenter:
             if "image_lla" not in batch:
                 raise ValueError("augment.slaug needs the class-level view 'image_lla' from the data layer")
             grad = input_gradient(net, image, label[0])
-            image = fuse(image, batch["image_lla"][0], saliency_map(grad, self.cfg.slaug_grid)).detach()
-            return {"image": image_pyramid(image), "label": label}
+            fused = fuse(image, batch["image_lla"][0], saliency_map(grad, self.cfg.slaug_grid)).detach()
+            if self.cfg.slaug_views == "fused":
+                return {"image": image_pyramid(fused), "label": label}
+            return {"image": image_pyramid(torch.cat([image, fused])), "label": [torch.cat([t, t]) for t in label]}
         gen = torch.Generator(device=image.device)
         gen.manual_seed(self.seed * 1_000_003 + step)
         with torch.no_grad():
