@@ -248,3 +248,22 @@ def test_methods_with_several_backward_passes_refuse_ddp(
             method.refuse_distributed(method)
     else:
         method.refuse_distributed(method)
+
+
+def test_step_flops_count_the_batch_level_augmentation() -> None:
+    """SLAug = saliency pass (one fwd+bwd of B crops) + the step on 2B crops (GLA + fused) = 3x noadapt's step;
+    GIN-IPA's view pairs = 2x (its random convolutions are not counted); slaug_views=fused = 2x."""
+    from udavae.methods.complexity import measure
+    from udavae.methods.presets import build_config
+
+    def flops(preset: str, **over: object) -> int:
+        return measure(build_config(preset, "tiny", dict(over)), 4).step_flops
+
+    base = flops("noadapt")
+    # + the first convolution's gradient w.r.t. the input, which only the saliency pass computes:
+    # 2 FLOP x (4 crops x 64 x 64 px) x (1 x 8 channels x 3 x 3)
+    first_conv_input_grad = 2 * 4 * 64 * 64 * 8 * 9
+    assert flops("slaug") == 3 * base + first_conv_input_grad
+    assert flops("slaug", **{"augment.slaug_views": "fused"}) == 2 * base + first_conv_input_grad
+    assert flops("gin-ipa") == 2 * base
+    assert flops("noadapt-aug") == base

@@ -84,6 +84,11 @@ def _info(args: argparse.Namespace) -> int:
     c = measure(cfg, args.classes, infer_size=args.infer_size, device=args.device)
     m, me = cfg.model, cfg.method
     crops = f"{c.batch} source + {c.batch} target" if c.uses_target else f"{c.batch} source"
+    aug = ""  # what the batch-level augmentation adds to the step (methods.complexity.augmented_source)
+    if cfg.augment.slaug:
+        aug = "; SLAug: saliency pass" + (", 2 views" if cfg.augment.slaug_views == "both" else "")
+    elif cfg.augment.gin and cfg.method.kind == "gin_ipa":
+        aug = "; GIN-IPA: 2 views"
     rows = [
         ("segmentation network", _fmt_params(c.net_params)),
         (c.part_labels[0], _fmt_params(c.decoder_params)),
@@ -92,7 +97,7 @@ def _info(args: argparse.Namespace) -> int:
         *[
             (
                 f"training step{f', {name}' if len(c.phase_flops) > 1 else ''} (fwd+bwd, {crops} crops "
-                f"{c.crop}x{c.crop})",
+                f"{c.crop}x{c.crop}{aug})",
                 _fmt_flops(flops),
             )
             for name, flops in c.phase_flops.items()

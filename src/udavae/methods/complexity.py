@@ -20,7 +20,7 @@ from udavae.methods import build_method
 from udavae.methods.base import UDAMethod
 from udavae.models.complexity import count_flops, count_parameters, inference_flops, synthetic_batch
 
-__all__ = ["Complexity", "measure", "training_step_flops"]
+__all__ = ["Complexity", "augmented_source", "measure", "training_step_flops"]
 
 
 @dataclass
@@ -60,21 +60,47 @@ class Complexity:
 
 
 def training_step_flops(method: UDAMethod, batch: int, crop: int, step: int = 0) -> int:
-    """FLOPs of one :meth:`~UDAMethod.training_step` of ``method`` on a synthetic batch (train mode, fp32).
+    """FLOPs of one training step of ``method`` on a synthetic batch (train mode, fp32), as the trainer runs it.
 
-    ``step`` is the global step passed to the hook (it selects the phase of a multi-phase method). The
-    optimisers come from :meth:`~UDAMethod.configure_optimizers` and really step, so on a real device the
-    method's weights (and a phase switch's state) change; gradients are cleared afterwards.
+    The step is the batch-level augmentation of ``cfg.augment`` followed by :meth:`~UDAMethod.training_step`
+    on the batch it hands over (see :func:`augmented_source`). ``step`` is the global step passed to the hook
+    (it selects the phase of a multi-phase method). The optimisers come from
+    :meth:`~UDAMethod.configure_optimizers` and really step, so on a real device the method's weights (and a
+    phase switch's state) change; gradients are cleared afterwards.
     """
     device = next(method.parameters()).device
     k = method.num_classes
-    src = synthetic_batch(batch, crop, k, device)
+    src, extra = augmented_source(method, synthetic_batch(batch, crop, k, device))
     tgt = synthetic_batch(batch, crop, k, device, labelled=False) if method.needs_target else None
     method.train()
     optimizers = method.configure_optimizers(method.cfg.optim)
-    flops = count_flops(lambda: method.training_step(method, src, tgt, optimizers, contextlib.nullcontext, step=step))
+    flops = extra + count_flops(
+        lambda: method.training_step(method, src, tgt, optimizers, contextlib.nullcontext, step=step)
+    )
     method.zero_grad(set_to_none=True)
     return flops
+
+
+def augmented_source(method: UDAMethod, src: dict) -> tuple[dict, int]:
+    """The source batch the method's step sees under ``cfg.augment``, and the FLOPs spent building it.
+
+    Shapes as :class:`~udavae.augment.SourceAugmenter` makes them (SLAug with ``slaug_views=both`` and GIN view
+    pairs double the batch). SLAug's saliency pass is counted as one forward and backward pass of the network
+    (its input-only backward skips the weight gradients, so this overcounts it slightly); GIN's random
+    networks (a few 3x3 convolutions of 2 channels) are not counted.
+    """
+    from udavae.losses import balanced_cross_entropy
+
+    aug = method.cfg.augment
+    doubled = {k: [torch.cat([t, t]) for t in v] for k, v in src.items()}
+    if aug.slaug:
+        x = src["image"][0].detach().requires_grad_(True)
+        flops = count_flops(lambda: balanced_cross_entropy(method.net(x).logits, src["label"][0]).backward())
+        method.zero_grad(set_to_none=True)
+        return (doubled if aug.slaug_views == "both" else src), flops
+    if aug.gin and method.view_pairs:
+        return doubled, 0
+    return src, 0
 
 
 def measure(
