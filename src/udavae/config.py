@@ -305,6 +305,10 @@ SELECTIONS = (
 )
 
 
+#: Experiment trackers of ``train.loggers`` (``udavae.engine.tracking`` writes each).
+LOGGERS = ("csv", "tensorboard", "mlflow")
+
+
 @dataclass
 class TrainConfig:
     """Which weights a run keeps and which one it hands to evaluation and prediction.
@@ -320,12 +324,18 @@ class TrainConfig:
             checkpoint selection; 1-2 MB per epoch at the cpu profile).
         labelfree_cases: target cases (a fixed, seeded subset of the training pool, recorded in
             ``selection.json``) on which the label-free scores are computed every epoch; 0 = none.
+        loggers: where every epoch's scores go, e.g. ``csv,tensorboard,mlflow``: ``csv`` (``log.csv`` and
+            ``log.jsonl``, always written), ``tensorboard`` (``RUN/tensorboard/``, extra ``udavae[tensorboard]``),
+            ``mlflow`` (params, metrics and the model folder, extra ``udavae[mlflow]``); docs/howto/tracking.md.
+        mlflow_uri: MLflow tracking URI or folder; empty = the file store ``mlruns/`` beside the model folder.
     """
 
     selection: str = "auto"
     ema: float = 0.99
     keep_epochs: bool = False
     labelfree_cases: int = 8
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
+    mlflow_uri: str = ""
 
     def validate(self) -> None:
         """Raise ``ValueError`` on an unknown rule or a decay outside [0, 1)."""
@@ -336,6 +346,11 @@ class TrainConfig:
             raise ValueError("train.selection=ema needs train.ema > 0 (e.g. train.ema=0.99)")
         if self.labelfree_cases < 0:
             raise ValueError(f"train.labelfree_cases must be >= 0, got {self.labelfree_cases}")
+        unknown = [name for name in self.loggers if name not in LOGGERS]
+        if unknown:
+            raise ValueError(f"train.loggers: unknown logger(s) {', '.join(unknown)}; choose from {', '.join(LOGGERS)}")
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ValueError(f"train.loggers lists a logger twice: {','.join(self.loggers)}")
 
 
 @dataclass

@@ -35,6 +35,13 @@ def coerce(key: str, current: Any, value: Any) -> Any:
         if s in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{key}: expected a boolean (true/false, yes/no, on/off, 1/0), got {value!r}")
+    if isinstance(current, list):  # any length: ``a,b``, ``[a, b]`` or a YAML list; items typed as the first
+        if isinstance(value, str):
+            text = value.strip()
+            text = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+            value = [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return [coerce(key, current[0] if current else "", v) for v in items]
     if isinstance(current, tuple):
         items = value.split(",") if isinstance(value, str) else list(value)
         if len(items) != len(current):

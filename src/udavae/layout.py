@@ -9,6 +9,8 @@
     RUN/selection.json              the selection rule, the checkpoint and epoch it chose, every epoch's score
     RUN/postprocessing.json         per checkpoint: the post-processing decided on the validation cases
     RUN/log.jsonl, RUN/log.csv      one row per epoch
+    RUN/tensorboard/                TensorBoard event files (``train.loggers`` with ``tensorboard``)
+    RUN/mlflow_run.json             the MLflow run the training logs to (``train.loggers`` with ``mlflow``)
     RUN/eval/<domain>_<split>_<checkpoint>/   metrics.csv, summary.json, qc.csv (``udavae evaluate``)
     RUN/report/                     figures (``udavae report``)
 """
@@ -23,7 +25,9 @@ __all__ = [
     "LOG_JSONL",
     "MODEL_FILE",
     "POSTPROCESSING_FILE",
+    "MLFLOW_RUN_FILE",
     "SELECTION_FILE",
+    "TENSORBOARD_DIR",
     "checkpoint_file",
     "eval_folder",
     "is_model_folder",
@@ -36,6 +40,8 @@ SELECTION_FILE = "selection.json"
 POSTPROCESSING_FILE = "postprocessing.json"
 LOG_JSONL = "log.jsonl"
 LOG_CSV = "log.csv"
+TENSORBOARD_DIR = "tensorboard"
+MLFLOW_RUN_FILE = "mlflow_run.json"
 CHECKPOINT_DIR = "checkpoints"
 EVAL_DIR = "eval"
 REPORT_DIR = "report"

@@ -14,8 +14,10 @@ Train every run of a grid (presets x variants x seeds) as an ordinary model fold
 evaluate each on the target's validation and test splits (best-on-validation checkpoint), ready for
 'udavae compare OUT'. Runs execute as separate processes with logs in OUT/logs/: a failed run is reported
 and the others go on. On the CPU they run one after another; on GPUs --jobs runs share each GPU and
---gpus spreads them. Interrupt at any time: 'udavae sweep --out OUT --resume' skips finished runs and
-continues interrupted ones from their last checkpoint.
+--gpus spreads them. With --launcher slurm each run is submitted as one SLURM job (through submitit) with
+its own resources; a job preempted or out of time is requeued and resumes from its last checkpoint.
+Interrupt at any time: 'udavae sweep --out OUT --resume' skips finished runs and continues interrupted ones
+from their last checkpoint; 'udavae sweep --out OUT --status' shows every run's state.
 
 examples:
   udavae sweep --out sweeps/seeds --dataset data/mscmrseg --profile cpu \\
@@ -23,6 +25,9 @@ examples:
   udavae sweep --out sweeps/ablation --dataset data/mscmrseg --presets udavae++ --seeds 0 \\
       --variant no-prior method.mi_prior=false --variant no-local method.mi_local=false
   udavae sweep --out sweeps/paper --grid benchmarks/paper_sweep.yaml --gpus 0 --jobs 3
+  udavae sweep --out sweeps/paper --grid benchmarks/paper_sweep.yaml --launcher slurm \
+      --slurm-partition gpu --gpus-per-run 1 --cpus-per-run 8 --time 4:00:00 --slurm-extra account=mylab
+  udavae sweep --out sweeps/seeds --status
   udavae sweep --out sweeps/seeds --resume"""
 
 #: sweep flags that set a config key of every run (as ``udavae train``'s flags of the same names).
@@ -93,6 +98,45 @@ def register(sub: argparse._SubParsersAction) -> None:
         "continue (grid flags may be omitted; given, they may only add runs)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state, run nothing")
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print each run's state (pending / running / finished / failed with its log's last line, job ids "
+        "and what SLURM says of them) and exit; works whichever launcher ran the sweep",
+    )
+    g = p.add_argument_group("launcher (docs/howto/slurm.md)")
+    g.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local (default): runs as processes of this machine; slurm: each run submitted as one SLURM job "
+        "through submitit (pip install 'udavae[slurm]'), requeued and resumed when preempted or out of time",
+    )
+    g.add_argument("--slurm-partition", help="SLURM partition of the jobs (default: the cluster's)")
+    g.add_argument(
+        "--gpus-per-run",
+        type=int,
+        help="GPUs of each job (default 1, 0 with --device cpu); more than 1 trains the run with torchrun",
+    )
+    g.add_argument("--cpus-per-run", type=int, help="CPU cores of each job (default: the cluster's)")
+    g.add_argument(
+        "--time",
+        default="4:00:00",
+        help="time limit of each job, in SLURM's forms (minutes, HH:MM:SS, D-HH:MM); a job reaching it is "
+        "requeued and resumes from its last checkpoint (default 4:00:00)",
+    )
+    g.add_argument(
+        "--slurm-extra",
+        action="append",
+        metavar="KEY=VALUE",
+        help="another sbatch option of every job (repeatable), e.g. account=mylab, qos=high, mem=32G, constraint=a100",
+    )
+    g.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --launcher slurm: follow the jobs until they end, then print the summary (default: submit "
+        "and return)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides of every run")
     p.set_defaults(func=run_sweep)
 
@@ -163,11 +207,13 @@ def _print_table(rows: list[dict]) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Plan (or reload), then run the sweep; exit 1 if a run failed, 130 if interrupted."""
-    from udavae.engine.sweep import Sweep, open_sweep, run_summaries, sweep_lock
+    from udavae.engine.sweep import Sweep, open_sweep, sweep_lock
     from udavae.engine.sweep_plan import PLAN_FILE, SweepPlan, build_plan, check_plan_data
     from udavae.fileio import read_json
 
     folder = Path(args.out)
+    if args.status:
+        return _show_status(folder)
     spec = _grid_spec(args)
     base_dir = Path(args.grid).resolve().parent if args.grid else None
     plan = build_plan(spec, base_dir, where=args.grid or "sweep") if spec else None
@@ -178,6 +224,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         )
     if plan is not None:
         check_plan_data(plan)  # dataset, domains, splits: before any folder is made or any run trains
+    if args.launcher == "slurm":
+        return _run_slurm(args, folder, plan)
     device, gpus = _device_and_gpus(args)
     if args.dry_run:
         stored = folder / PLAN_FILE
@@ -213,6 +261,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         check_plan_data(plan)  # a stored plan, too: its dataset may have changed since
         sweep = Sweep(folder, plan, device, gpus, args.jobs)
         sweep.load_status()
+        _refuse_live_jobs(sweep)
         print(
             f"sweep {folder}: {len(plan.runs)} runs ({sum(s.state == 'done' for s in sweep.status.values())} "
             f"done) on {', '.join(sweep.slots)}; profile {plan.profile}, {plan.source} -> {plan.target}"
@@ -228,8 +277,15 @@ def run_sweep(args: argparse.Namespace) -> int:
             return 130
         finally:
             signal.signal(signal.SIGTERM, previous)
+    return _summary(folder, sweep, status)
+
+
+def _summary(folder: Path, sweep, status: dict) -> int:  # noqa: ANN001
+    """The per-run table, the failures with their logs, the next command; exit status 1 if a run failed."""
+    from udavae.engine.sweep import run_summaries
+
     _print_table(run_summaries(sweep))
-    failed = [n for n, s in status.items() if s.state == "failed"]
+    failed = [n for n, s in status.items() if s.state in ("failed", "interrupted")]
     for n in failed:
         print(
             f"udavae sweep: run {n} failed: {status[n].error} (log {folder / 'logs' / (n + '.log')})", file=sys.stderr
@@ -244,3 +300,97 @@ def run_sweep(args: argparse.Namespace) -> int:
 def _raise_interrupt(signum: int, frame) -> None:  # noqa: ANN001
     """SIGTERM handler: stop like Ctrl-C, so the children are stopped and the status saved."""
     raise KeyboardInterrupt
+
+
+def _refuse_live_jobs(sweep) -> None:  # noqa: ANN001
+    """Refuse to run locally what SLURM jobs of this sweep may be running or about to run."""
+    if not any(st.job_id and st.state in ("pending", "running") for st in sweep.status.values()):
+        return
+    from udavae.engine.launchers import live_jobs
+
+    live = live_jobs(sweep)
+    if live:
+        jobs = ", ".join(f"{n} (job {sweep.status[n].job_id})" for n in live)
+        raise UserError(
+            f"runs of {sweep.folder} are submitted to a scheduler and may still run: {jobs}; wait for them or "
+            f"cancel them (scancel), then resume ('udavae sweep --out {sweep.folder} --status' shows them)"
+        )
+
+
+def _show_status(folder: Path) -> int:
+    """``--status``: every run's state, whichever launcher ran it (status.json, the jobs' files, sacct)."""
+    from udavae.engine.launchers import job_states, status_rows
+    from udavae.engine.sweep import Sweep
+    from udavae.engine.sweep_plan import PLAN_FILE, SweepPlan
+    from udavae.fileio import FolderLock, read_json
+
+    stored = folder / PLAN_FILE
+    if not stored.is_file():
+        raise UserError(f"--status: no sweep in {folder} ({PLAN_FILE} not found)")
+    sweep = Sweep(folder, SweepPlan.from_dict(read_json(stored, "sweep plan"), str(stored)))
+    try:  # a sweep process holds the folder: its runs marked running are running (else they were interrupted)
+        FolderLock(folder, "sweep").acquire().release()
+        driven = False
+    except UserError:
+        driven = True
+    sweep.load_status(running=driven)
+    rows = status_rows(sweep, job_states(sweep))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    print(f"sweep {folder}: {len(rows)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    _print_table(rows)
+    return 0
+
+
+def _run_slurm(args: argparse.Namespace, folder: Path, plan) -> int:  # noqa: ANN001
+    """``--launcher slurm``: submit every unfinished run as one job; with ``--wait`` follow them to the end."""
+    from udavae.engine.launchers import JobResources, SubmititLauncher, parse_extra, parse_time
+    from udavae.engine.sweep import Sweep, open_sweep, sweep_lock
+    from udavae.engine.sweep_plan import check_plan_data
+
+    if args.gpus or args.jobs != 1:
+        raise UserError("--gpus and --jobs place runs on this machine; with --launcher slurm use --gpus-per-run")
+    gpus = args.gpus_per_run if args.gpus_per_run is not None else (0 if args.device == "cpu" else 1)
+    if gpus < 0 or (args.cpus_per_run is not None and args.cpus_per_run < 1):
+        raise UserError("--gpus-per-run must be >= 0 and --cpus-per-run >= 1")
+    if args.device == "cpu" and gpus > 0:
+        raise UserError(f"--device cpu with --gpus-per-run {gpus}: pass --gpus-per-run 0, or --device cuda")
+    resources = JobResources(args.slurm_partition or "", gpus, args.cpus_per_run, parse_time(args.time))
+    resources.extra = parse_extra(args.slurm_extra)
+    if args.dry_run:
+        if plan is None:
+            raise UserError("--dry-run with --launcher slurm needs the grid (or use --status)")
+        print(f"would submit {len(plan.runs)} runs of {folder} to SLURM, each with {resources.describe()}")
+        sweep = Sweep(folder, plan, resources.device)
+        _print_table([{"run": r.name, "job name": f"udavae-{r.name}", "group": r.group} for r in plan.runs])
+        print("first command: " + " ".join(sweep.steps(plan.runs[0], resources.device)[0][1]))
+        return 0
+    folder.mkdir(parents=True, exist_ok=True)
+    with sweep_lock(folder):
+        plan = open_sweep(folder, plan, args.resume)
+        check_plan_data(plan)
+        sweep = Sweep(folder, plan, resources.device)
+        sweep.load_status()
+        launcher = SubmititLauncher(sweep, resources, "slurm")
+        todo, left = launcher.to_submit()
+        for name, why in left.items():
+            print(f"{name}: {why}")
+        n_done = sum(st.state == "done" for st in sweep.status.values())
+        print(
+            f"sweep {folder}: submitting {len(todo)} of {len(plan.runs)} runs ({n_done} finished), each with "
+            f"{resources.describe()}"
+        )
+        for name, job in launcher.submit(todo).items():
+            print(f"  {name}: job {job}  (log {folder / 'logs' / (name + '.log')})")
+        if not args.wait:
+            print(
+                f"follow with 'udavae sweep --out {folder} --status'; when all have finished: udavae compare {folder}"
+            )
+            return 0
+        try:
+            status = launcher.wait(on_change=lambda n, st: print(f"{n}: {st.state}", flush=True))
+        except KeyboardInterrupt:
+            print(f"\nstopped following; the jobs go on ('udavae sweep --out {folder} --status')", file=sys.stderr)
+            return 130
+    return _summary(folder, sweep, status)

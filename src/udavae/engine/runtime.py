@@ -152,6 +152,12 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    local_world_size: int = 1
+
+    @property
+    def nodes(self) -> int:
+        """Machines taking part (torchrun starts ``LOCAL_WORLD_SIZE`` processes on each)."""
+        return max(1, self.world_size // max(1, self.local_world_size))
 
     @property
     def is_main(self) -> bool:
@@ -162,19 +168,46 @@ class DistInfo:
         return self.world_size > 1
 
 
+def process_group_backend(device: torch.device) -> str:
+    """The collective backend of a device: NCCL between GPUs, gloo between CPU processes (any node count)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
-    """Join the torchrun process group when launched by it (NCCL on GPUs, gloo on CPU)."""
+    """Join the torchrun process group when launched by it (NCCL on GPUs, gloo on CPU), on one node or several.
+
+    torchrun sets ``RANK`` (global), ``LOCAL_RANK`` (the GPU on this node), ``WORLD_SIZE`` and ``LOCAL_WORLD_SIZE``
+    and the rendezvous address, whichever node the process is on.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(), resolve_device(device_name)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank, local, world), device
+        dist.init_process_group(backend=process_group_backend(device))
+    return DistInfo(rank, local, world, local_world), device
+
+
+def describe_world(info: DistInfo, batch_size: int, lr: float, both_domains: bool = True) -> str:
+    """The processes, effective batch and learning rate of a run, as the training log states them.
+
+    Each process draws ``batch_size`` slices per domain per step and gradients are averaged over processes,
+    so one step sees ``world_size * batch_size`` slices per domain; learning rates are not rescaled.
+    """
+    per = "per domain " if both_domains else ""
+    if not info.enabled:
+        return f"1 process: batch {batch_size} slices {per}per step; base learning rate {lr:g}"
+    return (
+        f"{info.world_size} processes ({info.nodes} node(s) x {info.local_world_size}, "
+        f"{dist.get_backend() if dist.is_initialized() else 'not joined'}): "
+        f"batch {batch_size} slices {per}per process, effective batch {info.world_size * batch_size} {per}per "
+        f"step; base learning rate {lr:g} (not rescaled with the number of processes)"
+    )
 
 
 def barrier(info: DistInfo) -> None:

@@ -7,6 +7,9 @@ mostly idle) or spread over GPUs through ``CUDA_VISIBLE_DEVICES``. The scheduler
 children, so a sweep killed by a signal stops its children too (on Linux they also get SIGTERM if the sweep
 dies without cleaning up), and ``SWEEP/status.json`` always says which steps of which runs are done:
 ``--resume`` skips finished runs and steps and continues an interrupted training from its last checkpoint.
+
+This module is the ``local`` launcher; :mod:`udavae.engine.launchers` submits the same steps as SLURM jobs, each
+job recording its run's progress in ``SWEEP/jobs/<run>.json`` (merged into the status by :meth:`Sweep.load_status`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from udavae.engine.model_folder import SELECTED, resolve_checkpoint
 from udavae.engine.sweep_plan import PLAN_FILE, RunSpec, SweepPlan
 from udavae.errors import UserError
 from udavae.fileio import LOCK_FILE, FolderLock, read_json, write_json
@@ -31,6 +33,7 @@ from udavae.layout import checkpoint_file, eval_folder
 
 STATUS_FILE = "status.json"
 RUN_INFO_FILE = "sweep_run.json"
+JOBS_DIR = "jobs"
 _LOCK_FILE = LOCK_FILE
 _POLL_S = 0.5
 
@@ -40,10 +43,13 @@ class RunStatus:
     """Progress of one run, kept in ``status.json``.
 
     Attributes:
-        state: ``pending``, ``running``, ``done``, ``failed`` or ``interrupted`` (a sweep stopped mid-run).
+        state: ``pending``, ``running``, ``done``, ``failed`` or ``interrupted`` (a sweep stopped mid-run);
+            ``pending`` with a ``job_id``: submitted, waiting in the scheduler's queue.
         steps_done: finished steps (``train``, ``evaluate-val`` ...), skipped on ``--resume``.
         elapsed_s: wall time spent on the run, over every sweep invocation.
         error: the failed step and the last lines of its log.
+        job_id: the scheduler's job running the run (empty under the ``local`` launcher).
+        launcher: ``local``, ``slurm`` or ``submitit-local`` (the launcher that last started the run).
     """
 
     state: str = "pending"
@@ -52,6 +58,8 @@ class RunStatus:
     returncode: int | None = None
     error: str = ""
     slot: str = ""
+    job_id: str = ""
+    launcher: str = ""
 
 
 @dataclass
@@ -130,15 +138,28 @@ class Sweep:
     def log_path(self, spec: RunSpec) -> Path:
         return self.folder / "logs" / f"{spec.name}.log"
 
-    def load_status(self) -> None:
-        """Read ``status.json``; a run left ``running`` by a killed sweep becomes ``interrupted``."""
+    def job_file(self, name: str) -> Path:
+        """``SWEEP/jobs/<run>.json``: the progress a scheduler's job records for its run."""
+        return self.folder / JOBS_DIR / f"{name}.json"
+
+    def load_status(self, running: bool = False) -> None:
+        """Read ``status.json`` and the job files of submitted runs.
+
+        A run left ``running`` by a killed local sweep becomes ``interrupted`` (unless ``running``: another process
+        is driving the sweep now); a submitted run takes the state its job recorded (when the job file is of the
+        job submitted last), which the launcher checks against the scheduler.
+        """
         path = self.folder / STATUS_FILE
         if not path.is_file():
             return
         for name, d in read_json(path, "sweep status").items():
             if name in self.status:
-                st = RunStatus(**{k: v for k, v in d.items() if k in RunStatus.__dataclass_fields__})
-                if st.state == "running":
+                st = _run_status(d)
+                if st.job_id and self.job_file(name).is_file():
+                    with contextlib.suppress(UserError):
+                        job = _run_status(read_json(self.job_file(name), "sweep job status"))
+                        st = job if job.job_id == st.job_id else st
+                elif st.state == "running" and not running:
                     st.state = "interrupted"
                 self.status[name] = st
 
@@ -272,8 +293,8 @@ class Sweep:
             bar.close()
         return self.status
 
-    def _launch(self, spec: RunSpec, slot: str) -> _Active | None:
-        st = self.status[spec.name]
+    def write_run_info(self, spec: RunSpec) -> None:
+        """Create the run's folder with ``sweep_run.json`` (its group, preset, variant and seed, for ``compare``)."""
         run = self.run_dir(spec)
         run.mkdir(parents=True, exist_ok=True)
         write_json(
@@ -286,6 +307,10 @@ class Sweep:
                 "sweep": str(self.folder.resolve()),
             },
         )
+
+    def _launch(self, spec: RunSpec, slot: str) -> _Active | None:
+        st = self.status[spec.name]
+        self.write_run_info(spec)
         act = self._start_step(None, spec, slot)
         if act is None:  # nothing left (status said otherwise): mark done
             st.state = "done"
@@ -293,6 +318,7 @@ class Sweep:
             return None
         was = st.state
         st.state, st.returncode, st.error, st.slot = "running", None, "", slot
+        st.job_id, st.launcher = "", "local"
         self.save_status()
         self._active[spec.name] = act
         verb = "resuming" if was in ("interrupted", "failed") or st.steps_done else "starting"
@@ -371,6 +397,11 @@ class Sweep:
         self._active.clear()
 
 
+def _run_status(d: dict[str, Any]) -> RunStatus:
+    """A :class:`RunStatus` from its JSON (unknown keys ignored, so older and newer files both read)."""
+    return RunStatus(**{k: v for k, v in d.items() if k in RunStatus.__dataclass_fields__})
+
+
 @contextlib.contextmanager
 def sweep_lock(folder: Path):  # noqa: ANN201
     """Hold ``SWEEP/.lock`` so two sweeps never drive the same runs at once.
@@ -420,6 +451,8 @@ def open_sweep(folder: Path, plan: SweepPlan | None, resume: bool) -> SweepPlan:
 
 def run_summaries(sweep: Sweep) -> list[dict[str, Any]]:
     """Per run: state, time, and mean Dice on each evaluated split (from ``RUN/eval/*/summary.json``)."""
+    from udavae.engine.model_folder import SELECTED, resolve_checkpoint  # torch: not for a job's driver process
+
     rows = []
     for spec in sweep.plan.runs:
         st = sweep.status[spec.name]

@@ -39,6 +39,7 @@ from udavae.engine.runtime import (
     barrier,
     compile_module,
     configure_backends,
+    describe_world,
     init_distributed,
     loader_workers,
     seed_everything,
@@ -49,6 +50,7 @@ from udavae.engine.runtime import (
 )
 from udavae.engine.selection import Selector, resolve_rule
 from udavae.engine.step import batch_to_device, load_optimizer_state, optimisation_step, remember_base_lr
+from udavae.engine.tracking import open_tracking, require_loggers
 from udavae.errors import DataError, UserError
 from udavae.fileio import FolderLock, ensure_writable_dir, remove_stale_temporaries, write_text
 from udavae.layout import LOG_CSV, LOG_JSONL
@@ -218,6 +220,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, run: str | Path, resume: bool = False) -> None:
         cfg.validate()
+        require_loggers(cfg.train.loggers)  # a missing extra fails before any data is read
         self.cfg, self.run, self.resume = cfg, Path(run), resume
         self.dist, self.device = init_distributed(cfg.runtime.device)
         configure_backends(self.device, cfg.runtime)
@@ -354,9 +357,14 @@ class Trainer:
         """Run the remaining epochs; return a summary (best epoch and score, time)."""
         cfg, is_main = self.cfg, self.dist.is_main
         lock = self._lock_run() if is_main else None
+        tracking = None
         try:
             if is_main:
                 mf.write_model_folder(self.run, cfg, self.info)
+                tqdm.write(describe_world(self.dist, cfg.optim.batch_size, cfg.optim.lr, self.method.needs_target))
+                tracking = open_tracking(
+                    cfg, self.run, self.history, self.method, self.data, self.device, self.dist.world_size
+                )
             start_time = time.time()
             while self.epoch < cfg.optim.epochs:
                 stats = self._train_epoch()
@@ -367,12 +375,16 @@ class Trainer:
                 self.epoch += 1
                 if is_main:
                     self._end_epoch(row)
+                    tracking.on_epoch(row)
                 barrier(self.dist)
             self._check_replicas()
             if is_main:
                 self._finish_selection()
                 self._decide_postprocessing()
+                tracking.finish(self.run)
         finally:
+            if tracking is not None:
+                tracking.close()
             shutdown_distributed(self.dist)
             if lock is not None:
                 lock.release()

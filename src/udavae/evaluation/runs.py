@@ -83,7 +83,8 @@ def parse_path_arg(arg: str) -> tuple[str | None, Path]:
 
 
 def find_model_folders(root: Path) -> list[Path]:
-    """``root`` if it is a model folder, else every model folder below it (sorted; hidden folders skipped)."""
+    """``root`` if it is a model folder, else every model folder below it (sorted; hidden folders skipped, and
+    ``mlruns`` folders, whose MLflow artifacts hold copies of model folders)."""
     if not root.exists():
         raise UserError(f"{root} does not exist")
     if not root.is_dir():
@@ -97,7 +98,7 @@ def find_model_folders(root: Path) -> list[Path]:
             found.append(here)
             dirnames[:] = []  # a model folder's eval/, checkpoints/ hold no further runs
             continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "mlruns")
     return found
 
 
