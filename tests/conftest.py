@@ -68,3 +68,6 @@ def tiny_overrides() -> dict:
         "runtime.device": "cpu",
         "data.num_workers": 0,
     }
+
+
+from dicom_series import write_dicom_series  # noqa: E402, F401  (a fixture: DICOM series from a volume)

@@ -56,7 +56,7 @@ class Model:
     """A trained model, ready to segment scans. Get one with :func:`load` or :func:`train`.
 
     Attributes:
-        run: the model folder.
+        run: the model folder, or the model zip it was loaded from.
         checkpoint: the weights in use (``best``, ``last``, ``ema``...), as the run's selection rule chose them.
         config: the run's configuration.
         structures: the segmented structures, in class-index order (class 1 first).
@@ -67,7 +67,7 @@ class Model:
         self._trained = trained
         #: The fit summary (selection rule, chosen checkpoint and epoch, time) when this model was just trained.
         self.training = training
-        self.run: Path = trained.run
+        self.run: Path = trained.source or trained.run
         self.checkpoint: str = trained.checkpoint
         self.config: Config = trained.config
         names = trained.info.labels.class_names
@@ -98,7 +98,8 @@ class Model:
         """Segment one volume.
 
         Args:
-            image: an (x, y, z) array of intensities, or the path of a NIfTI file.
+            image: an (x, y, z) array of intensities, the path of a NIfTI file, or a folder holding one DICOM
+                series.
             spacing: voxel size in mm (x, y, z); required for an array (it sets the resampling and the ml of
                 the volumes), read from the file for a path.
             samples: latent samples averaged (> 1 also gives the per-voxel uncertainty).
@@ -141,23 +142,34 @@ class Model:
         skip_bad: bool = False,
         postprocess: bool = True,
         qc: bool = True,
+        html: bool = False,
+        html_cases: int = 40,
     ) -> Any:
-        """Segment a NIfTI file or folder into ``out`` (masks keep their scan's geometry; ``qc.csv`` worst first).
+        """Segment a NIfTI file, or a folder of NIfTI files and/or DICOM series, into ``out`` (masks keep their
+        scan's geometry; ``qc.csv`` worst first; ``series.csv`` maps DICOM series UIDs to their masks).
 
-        Returns a :class:`udavae.engine.predict.PredictResult` (masks written, inputs skipped, qc rows).
+        ``html``: also write ``out/report.html`` (quality control and a viewer for the first ``html_cases`` masks,
+        worst first). Returns a :class:`udavae.engine.predict.PredictResult` (masks written, inputs skipped, qc
+        rows, the report).
         """
         from udavae.engine.predict import predict_folder
 
-        return predict_folder(self._trained, src, out, samples, skip_bad, postprocess, qc)
+        result = predict_folder(self._trained, src, out, samples, skip_bad, postprocess, qc)
+        if html:
+            from udavae.reports.html import prediction_report
+
+            result.report = prediction_report(result, self._trained, max_cases=html_cases)
+        return result
 
     def _read(
         self, image: np.ndarray | str | Path, spacing: tuple[float, float, float] | None
     ) -> tuple[np.ndarray, tuple[float, float, float]]:
         """The (x, y, z) float32 array and its spacing, checked."""
         if isinstance(image, (str, Path)):
+            from udavae.data.dicom import read_series_folder
             from udavae.data.nifti import load_volume
 
-            vol = load_volume(image)
+            vol = read_series_folder(image) if Path(image).is_dir() else load_volume(image)
             data, spacing = vol.data, tuple(spacing or vol.spacing)  # type: ignore[assignment]
         else:
             data = np.asarray(image, dtype=np.float32)
@@ -178,10 +190,11 @@ class Model:
 def load(
     run: str | Path, checkpoint: str = "selected", device: str = "auto", batch_size: int = 16, amp: str | None = None
 ) -> Model:
-    """Load a trained model folder for inference.
+    """Load a trained model (a model folder or a model zip) for inference.
 
     Args:
-        run: the model folder ``udavae train`` wrote.
+        run: the model folder ``udavae train`` wrote, or a model zip ``udavae export`` wrote (verified, then
+            extracted into a temporary folder; ``selected`` then means the weights it holds).
         checkpoint: ``selected`` (the one the run's selection rule chose), ``best``, ``last``, ``ema`` or a kept
             ``epoch_NNN``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -240,10 +253,14 @@ def evaluate(
     from udavae.engine.model_folder import read_selection
 
     trained = run._trained if isinstance(run, Model) else load(run, checkpoint, device)._trained
+    if trained.source is not None and out is None:
+        raise UserError(f"evaluating the model zip {trained.source} needs an output folder (--out / out=)")
     case_ids = None
     if split == "source-holdout":
         case_ids = (read_selection(trained.run) or {}).get("source_holdout") or []
         if not case_ids:
+            if trained.source is not None:
+                raise UserError(f"model zip {trained.source} records no case ids: evaluate its run folder")
             raise UserError(f"{trained.run} held no source cases out of training (data.source_holdout)")
         domain = trained.info.source
     names = trained.info.labels.class_names

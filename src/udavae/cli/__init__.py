@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "config_cmd",
     "train_cmd",
     "eval_cmd",
+    "export_cmd",
     "sweep_cmd",
     "compare_cmd",
     "demo_cmd",

@@ -33,6 +33,20 @@ def _model_args(p: argparse.ArgumentParser, batch: bool = True) -> None:
         )
 
 
+def _html_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--html`` and ``--html-cases``."""
+    from udavae.reports.html import MAX_CASES
+
+    p.add_argument("--html", action="store_true", help=f"also write {what} (self-contained, opens offline)")
+    p.add_argument(
+        "--html-cases",
+        type=int,
+        default=MAX_CASES,
+        metavar="N",
+        help=f"cases given a viewer in report.html, worst first (default {MAX_CASES}; about 0.1-0.3 MB each)",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "evaluate",
@@ -43,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "when post-processing changes anything, metrics_raw.csv for the network's raw masks; "
         "summary.json has both.",
     )
-    e.add_argument("run", help="model folder written by 'udavae train'")
+    e.add_argument("run", help="model folder written by 'udavae train', or a model zip of 'udavae export'")
     e.add_argument(
         "--split",
         default="test",
@@ -53,7 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--domain", help="domain to evaluate (default: the model's target domain)")
     e.add_argument("--dataset", help="dataset folder (default: the one the model was trained on)")
-    e.add_argument("--out", help="output folder (default RUN/eval/<domain>_<split>_<checkpoint>)")
+    e.add_argument(
+        "--out", help="output folder (default RUN/eval/<domain>_<split>_<checkpoint>; required for a model zip)"
+    )
     _model_args(e)
     e.add_argument("--save-masks", action="store_true", help="also write the predicted masks (NIfTI)")
     e.add_argument(
@@ -65,17 +81,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "predict",
-        help="segment new scans (NIfTI in, NIfTI masks out)",
+        help="segment new scans (NIfTI or DICOM in, NIfTI masks out)",
         description="Masks keep the input's shape, spacing, origin and direction and use the "
         "dataset's own label codes. --samples K > 1 also writes an uncertainty map "
         "(normalised entropy of the mean softmax over K latent samples); with --samples 1 an "
         "older <name>_uncertainty.nii.gz beside a rewritten mask is removed. Every input is "
         "read and checked first: if one is unreadable, not 3-D or has NaN/Inf values nothing "
         "is written (unless --skip-bad), and an output folder or file that would overwrite "
-        "an input is refused.",
+        "an input is refused. A folder may hold DICOM series (in nested folders too; pip install "
+        "'udavae[dicom]'): each gives the mask <series UID>.nii.gz in the scan's geometry and a row of "
+        "series.csv (UID, patient id, study and series descriptions, slices, folder, mask).",
     )
-    p.add_argument("run", help="model folder written by 'udavae train'")
-    p.add_argument("input", help="a NIfTI file or a folder of them")
+    p.add_argument("run", help="model folder written by 'udavae train', or a model zip of 'udavae export'")
+    p.add_argument("input", help="a NIfTI file, or a folder of NIfTI files and/or DICOM series")
     p.add_argument("output", help="output folder")
     p.add_argument("--samples", type=int, default=1, help="latent samples for uncertainty (default 1)")
     p.add_argument(
@@ -90,6 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="skip qc.csv (label-free per-case scores, volumes in ml "
         "and the doubtful flag, worst case first; 4 more network passes per scan)",
     )
+    _html_args(p, "OUTPUT/report.html: the quality control and a viewer per mask")
     _model_args(p)
     p.set_defaults(func=run_predict, tune_malloc=True)
 
@@ -115,12 +134,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser(
         "report",
-        help="figures: overlays, reconstructions, training curves (PNG)",
+        help="figures: overlays, reconstructions, training curves (PNG); --html: one page with everything",
         description="Writes PNG figures into the output folder: overlays.png (image, reference "
         "label and prediction of the first --cases labelled target-domain cases of --split), "
         "reconstructions.png (source and target slices and their reconstructions; methods with "
         "a decoder only) and training_curves.png (losses and validation Dice per epoch, from "
-        "RUN/log.jsonl). Existing files of the same names are replaced.",
+        "RUN/log.jsonl). Existing files of the same names are replaced. The doubtful cases of every "
+        "RUN/eval/*/qc.csv are listed, worst first, with their reason. --html also writes report.html, one "
+        "self-contained page (opens offline) with the metrics of every RUN/eval folder, the quality control, "
+        "the training curves and an overlay viewer per --split case, doubtful cases first.",
     )
     r.add_argument("run", help="model folder")
     r.add_argument("--out", help="output folder (default RUN/report)")
@@ -128,6 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--split", default="test", help="split of the target domain whose cases the overlay figure shows (default test)"
     )
     r.add_argument("--cases", type=int, default=4, help="number of target cases shown")
+    _html_args(r, "OUT/report.html: metrics, quality control, curves and a viewer per case")
     _model_args(r, batch=False)
     r.set_defaults(func=run_report)
 
@@ -170,6 +193,7 @@ def run_predict(args: argparse.Namespace) -> int:
     Nothing is written, not even the output folder, when an output would overwrite an input or, without
     ``--skip-bad``, when any input cannot be segmented. The workflow is :meth:`udavae.Model.predict_folder`.
     """
+    from udavae.engine.evaluate import print_doubtful
     from udavae.engine.predict import plan_outputs
 
     plan_outputs(args.input, args.output, args.samples)  # fails before the model is loaded
@@ -181,12 +205,19 @@ def run_predict(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         postprocess=not args.no_postprocess,
         qc=not args.no_qc,
+        html=args.html,
+        html_cases=args.html_cases,
     )
     print(f"wrote {len(res.masks)} mask(s) to {res.out}" + (" with uncertainty maps" if args.samples > 1 else ""))
     if res.qc:
         print(
             f"quality control: {res.n_doubtful} of {len(res.qc)} mask(s) doubtful, listed first in {res.out / 'qc.csv'}"
         )
+        print_doubtful(res.qc, res.out / "qc.csv")
+    if any(hasattr(f, "uid") for f in res.inputs):
+        print(f"DICOM series -> masks: {res.out / 'series.csv'}")
+    if res.report is not None:
+        print(f"wrote {res.report}")
     if res.postprocessing is not None:
         print(res.postprocessing.describe())
     for u in res.removed:
@@ -210,13 +241,34 @@ def run_postprocess(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from udavae.layout import report_folder
+    """The PNG figures (when the run holds its weights, or without ``--html``), ``report.html`` with ``--html``,
+    and the doubtful cases of every ``RUN/eval/*/qc.csv``."""
+    from udavae.engine.evaluate import print_doubtful
+    from udavae.engine.model_folder import checkpoint_path, read_model_folder, resolve_checkpoint
+    from udavae.errors import UserError
+    from udavae.evaluation.qc import read_qc_csv
+    from udavae.layout import EVAL_DIR, report_folder
     from udavae.reports.figures import make_report
 
-    out = Path(args.out) if args.out else report_folder(args.run)
-    files = make_report(
-        args.run, out, split=args.split, n_cases=args.cases, checkpoint=args.checkpoint, device=args.device
-    )
+    run = Path(args.run)
+    read_model_folder(run)  # one clear error for a folder that is not a model folder
+    out = Path(args.out) if args.out else report_folder(run)
+    files = []
+    if not args.html or checkpoint_path(run, resolve_checkpoint(run, args.checkpoint)).is_file():
+        files = make_report(
+            run, out, split=args.split, n_cases=args.cases, checkpoint=args.checkpoint, device=args.device
+        )
+    else:
+        print(f"no weights ({args.checkpoint}) in {run}: no PNG figures and no case viewer, tables and curves only")
+    if args.html:
+        from udavae.reports.html import REPORT_FILE, run_report
+
+        files.append(run_report(run, out / REPORT_FILE, args.split, args.checkpoint, args.device, args.html_cases))
     for f in files:
         print(f"wrote {f}")
+    for qc in sorted((run / EVAL_DIR).glob("*/qc.csv")):
+        try:
+            print_doubtful(read_qc_csv(qc), qc)
+        except UserError as exc:  # the figures are written; say what could not be listed
+            print(f"udavae report: {exc}", file=sys.stderr)
     return 0

@@ -25,13 +25,16 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     info = sub.add_parser(
         "info",
-        help="parameter counts and FLOPs of a preset",
+        help="parameter counts and FLOPs of a preset; or what a model zip / model folder holds",
         description="Print the parameter count of the segmentation network and of everything trained,\n"
         "the FLOPs of one training step (forward + backward, BATCH source + BATCH target crops)\n"
         "and of one inference slice. Counted on the meta device: instant, no data.\n"
         "The ablation presets (abl-*) are the rows of the UDA-VAE++ paper's ablation table\n"
         "(bSSFP -> LGE): "
-        "CN = concat wiring, Att = spatial-gate mean head, Global / Local / Prior = SMIE terms.",
+        "CN = concat wiring, Att = spatial-gate mean head, Global / Local / Prior = SMIE terms.\n\n"
+        "'udavae model info MODEL' (a model zip of 'udavae export' or a model folder) instead prints what\n"
+        "it holds: method, checkpoint and epoch, label map, preprocessing, post-processing, training data\n"
+        "(counts) and, for a zip, its format and udavae version after verifying every member's sha256.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=presets_epilog(),
     )
@@ -47,7 +50,8 @@ def register(subparsers: Any) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="config overrides, e.g. model.wiring=skip model.mean_head=gate",
+        help="config overrides, e.g. model.wiring=skip model.mean_head=gate; or one path: a model zip or "
+        "model folder to describe",
     )
     info.set_defaults(func=_info)
 
@@ -68,7 +72,23 @@ def _fmt_flops(n: int) -> str:
     return f"{n / 1e12:.3f} TFLOP" if n >= 1e12 else f"{n / 1e9:.1f} GFLOP"
 
 
+def _describe(path: str) -> int:
+    """``udavae model info MODEL``: the rows of :func:`udavae.export.summary.model_summary`."""
+    from udavae.export.summary import model_summary
+
+    rows = model_summary(path)
+    width = max(len(k) for k, _ in rows)
+    print(path)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
+    if args.overrides and "=" not in args.overrides[0]:  # a path, not KEY=VALUE
+        if len(args.overrides) > 1:
+            raise ValueError(f"model info takes one model zip or folder, or KEY=VALUE overrides, got {args.overrides}")
+        return _describe(args.overrides[0])
     from udavae.methods.complexity import measure  # torch import only when the command runs
 
     overrides: dict[str, Any] = dict(parse_overrides(args.overrides))

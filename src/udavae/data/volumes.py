@@ -43,8 +43,11 @@ class LoadedCase:
     reference: Volume
 
 
-def load_image(path: str | Path, prep: Preprocessing, whole: bool = True) -> tuple[Volume, torch.Tensor, Geometry]:
-    """Read an image volume, refuse NaN/Inf, and preprocess it: (volume, slices (z, H, W), geometry).
+def load_image(
+    path: str | Path | Volume, prep: Preprocessing, whole: bool = True
+) -> tuple[Volume, torch.Tensor, Geometry]:
+    """Read an image volume (or take one already read), refuse NaN/Inf, and preprocess it: (volume, slices
+    (z, H, W), geometry).
 
     ``whole`` (default, for prediction): the slices are padded but never cropped, so no part of the scan is
     lost; ``whole=False`` crops to the preprocessing's ``size`` as training does.
@@ -52,7 +55,7 @@ def load_image(path: str | Path, prep: Preprocessing, whole: bool = True) -> tup
     Raises:
         DataError: unreadable file, NaN/Inf, implausible spacing or resampled size (naming the file).
     """
-    vol = load_volume(path)
+    vol = path if isinstance(path, Volume) else load_volume(path)
     if not np.isfinite(vol.data).all():
         raise DataError(f"{vol.path}: image contains NaN or Inf values")
     try:

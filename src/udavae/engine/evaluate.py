@@ -26,6 +26,7 @@ __all__ = [
     "evaluate_cases",
     "evaluate_run",
     "predict_classes",
+    "print_doubtful",
     "print_evaluation",
     "validation_dice",
 ]
@@ -164,18 +165,21 @@ def evaluate_run(
         summary["raw"] = summary_of(raw_rows)
         write_metrics_csv(out / "metrics_raw.csv", raw_rows)
     write_metrics_csv(out / "metrics.csv", rows)
+    qc_table: list[dict[str, Any]] = []
     if qc is not None:
-        write_case_qc(out / "qc.csv", loaded, rows, qc, list(info.labels.class_names.values()))
+        qc_table = write_case_qc(out / "qc.csv", loaded, rows, qc, list(info.labels.class_names.values()))
     write_summary(out / "summary.json", summary)
     if verbose:
         print_evaluation(summary, cfg.method.name, list(info.labels.class_names.values()), pp, out)
+        print_doubtful(qc_table, out / "qc.csv")
     return summary, out
 
 
 def write_case_qc(
     path: Path, cases: list, rows: list[dict[str, Any]], qc: Callable[[Any], dict[str, Any]], structures: list[str]
-) -> None:
-    """``qc.csv`` of evaluated cases: label-free scores, the doubtful flag and each case's mean Dice."""
+) -> list[dict[str, Any]]:
+    """``qc.csv`` of evaluated cases: label-free scores, the doubtful flag and each case's mean Dice; returns its
+    rows, worst first."""
     from udavae.evaluation.qc import qc_rows, write_qc_csv
 
     dice: dict[str, list[float]] = {}
@@ -184,7 +188,18 @@ def write_case_qc(
     scored = []
     for case in tqdm(cases, desc="quality control", unit="case", leave=False, disable=None):
         scored.append({**qc(case), "dice_mean": float(np.nanmean(dice.get(case.id, [np.nan])))})
-    write_qc_csv(path, qc_rows(scored, structures))
+    table = qc_rows(scored, structures)
+    write_qc_csv(path, table)
+    return table
+
+
+def print_doubtful(rows: list[dict[str, Any]], path: Path) -> None:
+    """The doubtful cases of ``qc.csv`` rows, worst first, with their reason (nothing when none is)."""
+    from udavae.evaluation.qc import doubtful_lines
+
+    lines = doubtful_lines(rows)
+    if lines:
+        print(f"doubtful cases in {path}, worst first (look at these first):\n" + "\n".join(lines))
 
 
 def print_evaluation(

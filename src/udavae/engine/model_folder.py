@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,11 @@ def write_model_folder(run: Path, cfg: Config, info: ModelInfo) -> None:
 def read_model_folder(run: str | Path) -> tuple[Config, ModelInfo]:
     """Read the config and model description of a model folder, with clear errors."""
     run = Path(run)
+    if run.is_file():
+        raise UserError(
+            f"{run} is a file, not a model folder: this needs the folder 'udavae train' wrote (a model zip of "
+            "'udavae export' works with predict, evaluate, export, model info and udavae.load)"
+        )
     if not run.is_dir():
         raise UserError(f"model folder {run} not found")
     cfg_path = run / CONFIG_FILE
@@ -327,6 +332,8 @@ class TrainedModel:
         method: the trained method, weights loaded, in eval mode.
         state: the checkpoint dict (``epoch``...).
         predictor: whole-volume inference with the method's network.
+        source: the model zip it was loaded from (``run`` is then a temporary folder it was extracted into,
+            removed with this object), or None.
     """
 
     run: Path
@@ -336,6 +343,8 @@ class TrainedModel:
     method: torch.nn.Module
     state: dict[str, Any]
     predictor: Any
+    source: Path | None = None
+    archive: Any = field(default=None, repr=False)  # keeps the extracted folder of a zip alive
 
     @property
     def epoch(self) -> int | None:
@@ -354,11 +363,15 @@ def open_model(
     batch_size: int = 16,
     amp: str | None = None,
 ) -> TrainedModel:
-    """Load a model folder and a predictor for it (``amp`` None: the precision the model trained in).
+    """Load a model folder or a model zip and a predictor for it (``amp`` None: the precision the model trained in).
+
+    A model zip (``udavae export``) is verified and extracted into a temporary model folder first
+    (:func:`udavae.export.archive.open_model_zip`, the one place zips are read); ``checkpoint`` ``selected``
+    then means the weights it holds.
 
     Args:
-        run: the model folder.
-        checkpoint: ``best`` or ``last``.
+        run: the model folder, or a model zip.
+        checkpoint: ``selected``, ``best``, ``last``, ``ema`` or a kept ``epoch_NNN``.
         device: ``auto``, ``cpu``, ``cuda``... or a ``torch.device``.
         batch_size: slices per forward pass.
         amp: ``none``, ``bf16`` or ``fp16`` for inference; None: the model's ``runtime.amp``.
@@ -367,7 +380,18 @@ def open_model(
     from udavae.engine.runtime import resolve_device
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    checkpoint = resolve_checkpoint(run, checkpoint)
-    cfg, info, method, state = load_trained(run, checkpoint, dev)
+    source = archive = None
+    if Path(run).is_file():
+        from udavae.export.archive import open_model_zip
+
+        archive = open_model_zip(run, checkpoint)
+        source, run, checkpoint = Path(run), archive.folder, archive.checkpoint
+    try:
+        checkpoint = resolve_checkpoint(run, checkpoint)
+        cfg, info, method, state = load_trained(run, checkpoint, dev)
+    except BaseException:
+        if archive is not None:
+            archive.close()
+        raise
     predictor = Predictor(method.net, info.preprocessing, dev, batch_size=batch_size, amp=amp or cfg.runtime.amp)
-    return TrainedModel(Path(run), checkpoint, cfg, info, method, state, predictor)
+    return TrainedModel(Path(run), checkpoint, cfg, info, method, state, predictor, source, archive)

@@ -1,9 +1,10 @@
-"""Segmenting a file or a folder of NIfTI scans with a loaded model: the workflow of ``udavae predict`` and of
-:meth:`udavae.Model.predict_folder`.
+"""Segmenting a file or a folder of NIfTI scans and DICOM series with a loaded model: the workflow of
+``udavae predict`` and of :meth:`udavae.Model.predict_folder`.
 
 All or nothing: every input is read and checked before anything is written, and an output that would overwrite
 an input (or another output) is refused before the output folder exists. Each mask keeps its scan's geometry
-and uses the dataset's label codes; ``qc.csv`` ranks the masks worst first by their label-free scores.
+and uses the dataset's label codes; ``qc.csv`` ranks the masks worst first by their label-free scores. A DICOM
+series (:mod:`udavae.data.dicom`) gives the mask ``<series UID>.nii.gz`` and a row of ``series.csv``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class PredictResult:
     removed: list[Path] = field(default_factory=list)
     qc: list[dict[str, Any]] = field(default_factory=list)
     postprocessing: Any = None
+    #: The input of each mask (a NIfTI path or a :class:`udavae.data.dicom.DicomSeries`), in ``masks`` order.
+    inputs: list[Any] = field(default_factory=list)
+    #: The HTML report written (``report.html``), if one was asked for.
+    report: Path | None = None
 
     @property
     def n_doubtful(self) -> int:
@@ -56,28 +61,36 @@ class PredictResult:
         return sum(bool(r["doubtful"]) for r in self.qc)
 
 
-def input_files(path: Path) -> list[Path]:
-    """The NIfTI file ``path`` or the NIfTI files in folder ``path``, sorted.
+def input_files(path: Path) -> list[Any]:
+    """The NIfTI file ``path``, or the NIfTI files in folder ``path`` (sorted) and then the DICOM series in it and
+    in the folders below it (:class:`udavae.data.dicom.DicomSeries`).
 
     Hidden files of a folder (``.name.nii.gz``: among them the temporaries a killed writer leaves) are skipped.
     """
+    from udavae.data.dicom import find_series, looks_like_dicom
     from udavae.data.nifti import is_nifti
 
     if path.is_file():
+        if looks_like_dicom(path):
+            raise UserError(f"{path} is a DICOM file: give the folder that holds its series")
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+        files: list[Any] = sorted(
+            p for p in path.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith(".")
+        )
+        files += find_series(path)
         if not files:
-            raise UserError(f"no NIfTI files (*.nii, *.nii.gz) in {path}")
+            raise UserError(f"no NIfTI files (*.nii, *.nii.gz) or DICOM series in {path}")
         return files
     raise UserError(f"input {path} not found")
 
 
-def output_plan(files: list[Path], out: Path) -> dict[Path, tuple[Path, Path]]:
-    """Input file -> (mask path, uncertainty-map path) in ``out``."""
+def output_plan(files: list[Any], out: Path) -> dict[Any, tuple[Path, Path]]:
+    """Input (NIfTI file or DICOM series) -> (mask path, uncertainty-map path) in ``out``."""
+    from udavae.data.dicom import DicomSeries
     from udavae.data.nifti import strip_nifti_suffix
 
-    names = {f: strip_nifti_suffix(f.name) for f in files}
+    names = {f: f.stem if isinstance(f, DicomSeries) else strip_nifti_suffix(f.name) for f in files}
     return {f: (out / f"{n}.nii.gz", out / f"{n}_uncertainty.nii.gz") for f, n in names.items()}
 
 
@@ -90,14 +103,33 @@ def file_keys(path: Path) -> set[object]:
     return keys
 
 
-def check_plan(inp: Path, plan: dict[Path, tuple[Path, Path]], out: Path, samples: int) -> None:
+def input_keys(f: Any) -> set[object]:
+    """:func:`file_keys` of an input: of its file, or of every file of a DICOM series."""
+    files = getattr(f, "files", (f,))
+    return set().union(*(file_keys(p) for p in files))
+
+
+def read_input(f: Any, prep) -> tuple[Any, Any, Any]:  # noqa: ANN001
+    """(volume, slices, geometry) of a NIfTI file or a DICOM series (:func:`udavae.data.volumes.load_image`)."""
+    from udavae.data.volumes import load_image
+
+    if not hasattr(f, "load"):
+        return load_image(f, prep)
+    vol = f.load()
+    try:
+        return load_image(vol, prep)
+    except DataError as exc:  # name the series, not only its folder (which may hold several)
+        raise DataError(str(exc).replace(f"{vol.path}:", f"{f}:", 1)) from None
+
+
+def check_plan(inp: Path, plan: dict[Any, tuple[Path, Path]], out: Path, samples: int) -> None:
     """Refuse outputs that would overwrite (or, for stale uncertainty maps, delete) an input, or each other."""
     if inp.is_dir() and file_keys(out) & file_keys(inp):
         raise UserError(
             f"output folder {out} is the input folder {inp}: the masks would overwrite the input "
             "images; choose another output folder"
         )
-    inputs = {key: f for f in plan for key in file_keys(f)}
+    inputs = {key: f for f in plan for key in input_keys(f)}
     for q in (q for paths in plan.values() for q in paths):
         clash = next((inputs[key] for key in file_keys(q) if key in inputs), None)
         if clash is not None:
@@ -110,33 +142,35 @@ def check_plan(inp: Path, plan: dict[Path, tuple[Path, Path]], out: Path, sample
                 raise UserError(f"inputs {other} and {f} would both be written to {q}; rename one of them")
 
 
-def problem_of(f: Path, exc: Exception) -> str:
-    """One-line description of why ``f`` cannot be segmented, starting with the file name."""
+def problem_of(f: Any, exc: Exception) -> str:
+    """One-line description of why ``f`` cannot be segmented, starting with the file (or series folder) name."""
     msg = " ".join(str(exc).split())
-    return msg if msg.startswith(str(f)) else f"{f}: {msg}"
+    return msg if msg.startswith(str(getattr(f, "folder", f))) else f"{f}: {msg}"
 
 
-def find_bad_inputs(files: list[Path], prep) -> dict[Path, str]:  # noqa: ANN001
+def find_bad_inputs(files: list[Any], prep) -> dict[Any, str]:  # noqa: ANN001
     """Read and preprocess every input as prediction will; return the problem of each one that fails.
 
     Header checks miss truncated data and NaN voxels, so each volume is read in full. It is dropped right
     after its check and read again when predicted: memory holds one volume at a time instead of the whole
     input folder, at the price of reading each file twice.
     """
-    from udavae.data.volumes import load_image
-
-    bad: dict[Path, str] = {}
+    bad: dict[Any, str] = {}
     for f in tqdm(files, desc="checking inputs", unit="vol", leave=False, disable=None):
         try:
-            load_image(f, prep)
+            read_input(f, prep)
         except (UserError, ValueError) as exc:
             bad[f] = problem_of(f, exc)
     return bad
 
 
+#: Input (NIfTI path or DICOM series) -> (mask path, uncertainty-map path).
+Plan = dict[Any, tuple[Path, Path]]
+
+
 def predict_files(
-    files: list[Path],
-    plan: dict[Path, tuple[Path, Path]],
+    files: list[Any],
+    plan: Plan,
     predictor,
     labels,  # noqa: ANN001
     prep,
@@ -154,13 +188,12 @@ def predict_files(
     kill never leaves a new mask beside an old map. ``pp``: the post-processing applied to each mask (None: raw masks).
     """
     from udavae.data.nifti import save_all_like
-    from udavae.data.volumes import load_image
 
     masks = {m.resolve() for m, _ in plan.values()}
     removed = []
     for f in tqdm(files, desc="predicting", unit="vol", disable=None):
         mask, unc = plan[f]
-        vol, slices, geom = load_image(f, prep)
+        vol, slices, geom = read_input(f, prep)
         pred = predictor.predict(slices, geom, samples=samples)
         classes = pp.apply(pred.classes, labels.class_names) if pp is not None else pred.classes
         volumes = [(labels.to_codes(classes), mask, np.int16)]
@@ -180,10 +213,7 @@ def predict_files(
     return removed
 
 
-Plan = dict[Path, tuple[Path, Path]]
-
-
-def plan_outputs(inp: str | Path, out: str | Path, samples: int = 1) -> tuple[list[Path], Plan]:
+def plan_outputs(inp: str | Path, out: str | Path, samples: int = 1) -> tuple[list[Any], Plan]:
     """The inputs of ``inp`` and their output paths in ``out``, refusing any output that would overwrite an input.
 
     Raises:
@@ -207,11 +237,12 @@ def predict_folder(
     postprocess: bool = True,
     qc: bool = True,
 ) -> PredictResult:
-    """Segment the NIfTI file or folder ``inp`` into ``out`` with a loaded model (``TrainedModel``).
+    """Segment the NIfTI file or the folder of NIfTI files and DICOM series ``inp`` into ``out`` with a loaded model.
 
     Args:
         model: the loaded model folder (``udavae.engine.model_folder.open_model``).
-        inp / out: a NIfTI file or a folder of them; the output folder (created).
+        inp / out: a NIfTI file or a folder of NIfTI files and/or DICOM series (in nested folders too); the output
+            folder (created). A DICOM series' mask is named after its UID, and ``series.csv`` maps UIDs to masks.
         samples: latent samples; > 1 also writes ``<name>_uncertainty.nii.gz``.
         skip_bad: segment the good inputs when some are bad (else nothing is written).
         postprocess: apply the post-processing decided for the model's checkpoint.
@@ -220,6 +251,7 @@ def predict_folder(
     Raises:
         DataError: an input cannot be segmented (and not ``skip_bad``, or none can).
     """
+    from udavae.data.dicom import DicomSeries, write_series_csv
     from udavae.evaluation.qc import qc_rows, write_qc_csv
     from udavae.fileio import STALE_TEMP_AGE_S, ensure_writable_dir, remove_stale_temporaries
 
@@ -239,7 +271,10 @@ def predict_folder(
     remove_stale_temporaries(folder, min_age_s=STALE_TEMP_AGE_S)  # left by a killed predict
     rows: list | None = [] if qc else None
     removed = predict_files(good, plan, model.predictor, info.labels, info.preprocessing, samples, pp, rows)
-    result = PredictResult(folder, [plan[f][0] for f in good], bad, removed, postprocessing=pp)
+    result = PredictResult(folder, [plan[f][0] for f in good], bad, removed, postprocessing=pp, inputs=good)
+    series = [(f, plan[f][0]) for f in good if isinstance(f, DicomSeries)]
+    if series:
+        write_series_csv(folder / "series.csv", series)
     if rows is not None:
         result.qc = qc_rows(rows, list(info.labels.class_names.values()))
         write_qc_csv(folder / "qc.csv", result.qc)

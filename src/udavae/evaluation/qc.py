@@ -18,7 +18,7 @@ from typing import Any
 
 from udavae.fileio import write_text
 
-__all__ = ["DoubtfulRule", "qc_rows", "qc_score", "write_qc_csv"]
+__all__ = ["DoubtfulRule", "doubtful_lines", "qc_rows", "qc_score", "read_qc_csv", "worst_first", "write_qc_csv"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,61 @@ def qc_rows(
         if i in worst:
             reasons.insert(0, f"qc_score {row['qc_score']:.2f} among the worst {rule.worst_share:.0%} of {len(scored)}")
         out.append({**row, "doubtful": bool(reasons), "reason": "; ".join(reasons)})
-    return sorted(out, key=lambda r: (not r["doubtful"], r["qc_score"] if _finite(r["qc_score"]) else -1.0))
+    return worst_first(out)
+
+
+def worst_first(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in ``qc.csv`` order: the doubtful ones first, then by ``qc_score``, lowest (worst) first."""
+    return sorted(
+        (dict(r) for r in rows),
+        key=lambda r: (not r.get("doubtful"), r["qc_score"] if _finite(r.get("qc_score")) else -1.0),
+    )
+
+
+def read_qc_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``qc.csv``, numbers as floats and ``doubtful`` as a bool, worst first.
+
+    Raises:
+        UserError: the file cannot be read or is not a ``qc.csv`` (no ``case``/``doubtful`` column).
+    """
+    from udavae.errors import UserError
+
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if rows and not {"case", "doubtful"} <= set(rows[0]):
+        raise UserError(f"{path} is not a qc.csv written by udavae (no 'case' or 'doubtful' column)")
+    out = []
+    for row in rows:
+        parsed: dict[str, Any] = {}
+        for k, v in row.items():
+            if k == "doubtful":
+                parsed[k] = str(v).strip().lower() == "true"
+            elif k in ("case", "reason", "input", "mask"):
+                parsed[k] = v or ""
+            else:
+                try:
+                    parsed[k] = float(v)
+                except (TypeError, ValueError):
+                    parsed[k] = v
+        out.append(parsed)
+    return worst_first(out)
+
+
+def doubtful_lines(rows: Sequence[Mapping[str, Any]], limit: int = 10) -> list[str]:
+    """One line per doubtful case, worst first: ``case  qc_score 0.41; reason`` (at most ``limit``, then a count)."""
+    doubtful = [r for r in worst_first(rows) if r.get("doubtful")]
+    lines = []
+    for r in doubtful[:limit]:
+        score, reason = r.get("qc_score"), str(r.get("reason") or "")
+        if not reason.startswith("qc_score"):  # the reason of the worst share already states the score
+            reason = "; ".join(x for x in (f"qc_score {score:.2f}" if _finite(score) else "", reason) if x)
+        lines.append(f"  {r.get('case', '?')}  {reason}".rstrip())
+    if len(doubtful) > limit:
+        lines.append(f"  ... and {len(doubtful) - limit} more (see qc.csv)")
+    return lines
 
 
 def write_qc_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
