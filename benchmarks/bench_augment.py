@@ -6,6 +6,8 @@ median seconds per step over ``--steps`` steps after ``--warmup`` steps, and the
 
     python benchmarks/bench_augment.py [--presets noadapt,noadapt-aug,slaug,gin-ipa] [--steps 20] \
         [--dataset benchmarks/work/mscmrseg] [--json benchmarks/results/augment_cost.json]
+
+A preset may carry config overrides after a colon, e.g. ``slaug:augment.slaug_views=fused``.
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from udavae.methods.presets import build_config
 HERE = Path(__file__).resolve().parent
 
 
-def time_preset(preset: str, dataset: str, steps: int, warmup: int) -> dict:
-    """Median and spread of the seconds per step (data + augmentation + step) of ``preset``."""
-    cfg = build_config(preset, "cpu", {"data.dataset": dataset, "runtime.device": "cpu", "data.num_workers": 0})
+def time_preset(spec: str, dataset: str, steps: int, warmup: int) -> dict:
+    """Median and spread of the seconds per step (data + augmentation + step) of ``PRESET[:key=value;...]``."""
+    preset, _, extra = spec.partition(":")
+    overrides = dict(kv.split("=", 1) for kv in extra.split(";") if kv)
+    base = {"data.dataset": dataset, "runtime.device": "cpu", "data.num_workers": 0}
+    cfg = build_config(preset, "cpu", {**base, **overrides})
     torch.manual_seed(0)
     data = prepare_data(cfg)
     method = build_method(cfg, data.spec.labels.num_classes)
