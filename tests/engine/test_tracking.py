@@ -17,26 +17,6 @@ from udavae.engine.trainer import train
 from udavae.errors import UserError
 from udavae.evaluation.runs import find_model_folders
 
-TINY_ARGS = [
-    "--preset",
-    "udavae++",
-    "--profile",
-    "tiny",
-    "--device",
-    "cpu",
-    "--epochs",
-    "2",
-    "--iters-per-epoch",
-    "2",
-    "--batch-size",
-    "2",
-    "model.base_width=4",
-    "model.recon_width=8",
-    "data.crop=48",
-    "data.jitter=4",
-    "train.labelfree_cases=1",
-]
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -121,12 +101,19 @@ def test_tensorboard_and_mlflow_hold_every_logged_scalar(
     assert (tmp_path / "runs" / "mlruns").is_dir() and find_model_folders(tmp_path / "runs") == [run]
 
 
-def test_resumed_run_continues_both_trackers(tmp_path: Path, dataset: Path, udavae_killed_after) -> None:
+def test_resumed_run_continues_both_trackers(
+    tmp_path: Path,
+    dataset: Path,
+    udavae_killed_after,
+    tiny_overrides: dict,  # noqa: ANN001
+) -> None:
     """Killed in epoch 2 (after epoch 1's checkpoint), then resumed: each epoch once in each tracker, one MLflow run."""
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
     run = tmp_path / "r"
-    args = ["train", "--dataset", str(dataset), "--out", str(run), *TINY_ARGS, "train.loggers=tensorboard,mlflow"]
+    tiny = [f"{k}={v}" for k, v in tiny_overrides.items()]
+    args = ["train", "--dataset", str(dataset), "--out", str(run), "--preset", "udavae++", "--profile", "tiny", *tiny]
+    args.append("train.loggers=tensorboard,mlflow")
     r = udavae_killed_after(3, *args)
     assert r.returncode == 137, r.stderr[-2000:]
     client, run_id = _mlflow(run)
