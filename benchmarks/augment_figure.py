@@ -44,7 +44,7 @@ def main() -> None:
     image = stack.images[args.slice, y0 : y0 + c, x0 : x0 + c].clone()
     label = stack.labels[args.slice, y0 : y0 + c, x0 : x0 + c].clone()
     torch.manual_seed(0)
-    net = build_method(cfg, data.spec.labels.num_classes).net.train()
+    method = build_method(cfg, data.spec.labels.num_classes).train()
     rows: dict[str, list[np.ndarray]] = {
         k: [] for k in ("spatial", "intensity", "SLAug GLA", "SLAug LLA", "SLAug fused", "GIN", "IPA")
     }
@@ -69,7 +69,7 @@ def main() -> None:
             "image_lla": image_pyramid(it["image_lla"][None]),
             "label": label_pyramid(label[None].long()),
         }
-        rows["SLAug fused"].append(stage(batch, net, seed)["image"][0][0, 0].numpy())
+        rows["SLAug fused"].append(stage(batch, method, seed)["image"][0][0, 0].numpy())
         gen = torch.Generator().manual_seed(seed)
         gin, ipa = gin_views(image[None, None], gen)
         rows["GIN"].append(gin[0, 0].numpy())

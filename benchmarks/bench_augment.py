@@ -43,6 +43,7 @@ def time_preset(spec: str, dataset: str, steps: int, warmup: int) -> dict:
     method = build_method(cfg, data.spec.labels.num_classes)
     opts = method.configure_optimizers(cfg.optim)
     aug = SourceAugmenter(cfg.augment, 0, pairs=method.view_pairs)
+    aug.attach(opts)
     bs = cfg.optim.batch_size
     src_it = make_loader(data.source, bs)
     tgt_it = make_loader(data.target, bs) if method.needs_target else None
@@ -51,7 +52,7 @@ def time_preset(spec: str, dataset: str, steps: int, warmup: int) -> dict:
     method.train()
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        src = aug(batch_to_device(next(src_it), dev), method.net, i)
+        src = aug(batch_to_device(next(src_it), dev), method, i)
         tgt = batch_to_device(next(tgt_it), dev) if tgt_it is not None else None
         optimisation_step(method, opts, src, tgt, dev, "none", step=i)
         if i >= warmup:

@@ -223,8 +223,12 @@ class AugmentConfig:
         slaug_points: control points of each random Bezier intensity curve (4 in the paper).
         slaug_grid: side of the coarse grid the saliency is averaged on (3 in the public code).
         slaug_background: intensities at or below this keep their value in the class-level view (0.01).
-        slaug_views: what the method trains on: ``both`` the global view and the fused view (stacked along the
-            batch, as the public code sums the two losses), or ``fused`` the fused view alone (cheaper).
+        slaug_views: what the method trains on. ``both`` (as the public code): the saliency pass on the global
+            view is a full training pass of the segmentation terms, whose parameter gradients are kept and added
+            to the method's step on the fused view (two passes of the batch). ``fused``: the fused view alone
+            (the saliency pass computes the input gradient only). ``stacked``: the global and the fused view
+            stacked along the batch of the method's step (three passes; the first version, kept to reproduce
+            its results).
         gin: GIN-IPA on the source crops (random convolutions + IPA blend).
         gin_layers: convolution layers of each random network (4 in the paper).
         gin_channels: intermediate channels of each random network (2 in the paper).
@@ -284,8 +288,8 @@ class AugmentConfig:
                 "augment.slaug_points >= 2, slaug_grid >= 1, gin_layers >= 1, gin_channels >= 1 and "
                 "ipa_grid >= 2 are required"
             )
-        if self.slaug_views not in ("both", "fused"):
-            raise ValueError(f"augment.slaug_views must be 'both' or 'fused', got {self.slaug_views!r}")
+        if self.slaug_views not in ("both", "fused", "stacked"):
+            raise ValueError(f"augment.slaug_views must be 'both', 'fused' or 'stacked', got {self.slaug_views!r}")
         if self.slaug and self.gin:
             raise ValueError("augment.slaug and augment.gin both replace the source crops' intensities: choose one")
 

@@ -3,6 +3,7 @@ GIN networks, consistency, and that nothing augments at evaluation or prediction
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ from udavae.augment.crop import CropAugment
 from udavae.augment.stage import image_pyramid, label_pyramid
 from udavae.config import AugmentConfig
 from udavae.losses import symmetric_kl
+from udavae.methods import UDAMethod, build_method
+from udavae.methods.presets import build_config
 
 
 def _phantom(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,43 +151,77 @@ def test_consistency_loss_is_zero_for_identical_views_and_positive_otherwise() -
     assert float(got) == pytest.approx(expected, rel=1e-5)
 
 
-class _Net(torch.nn.Module):
-    """A tiny segmenter with the ``.logits`` output the stage reads."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-
-    def forward(self, x: torch.Tensor):  # noqa: ANN201
-        return type("Out", (), {"logits": self.conv(x)})()
+def _noadapt() -> UDAMethod:
+    """A tiny noadapt method (width 4, crop 32): the segmentation terms and network the stage reads."""
+    torch.manual_seed(0)
+    over = {"model.base_width": 4, "model.recon_width": 8, "data.crop": 32, "optim.batch_size": 2}
+    return build_method(build_config("noadapt", "tiny", over), 4)
 
 
-def test_slaug_stage_fuses_views_and_leaves_weights_without_gradient() -> None:
+def _slaug_batch() -> dict[str, list[torch.Tensor]]:
     image, label = _phantom(32)
     crop = CropAugment(AugmentConfig(slaug=True), source=True)
     items = [crop(image, label, np.random.default_rng(s)) for s in range(2)]
-    batch = {
+    return {
         "image": image_pyramid(torch.stack([i["image"] for i in items])),
         "image_lla": image_pyramid(torch.stack([i["image_lla"] for i in items])),
         "label": label_pyramid(torch.stack([i["label"] for i in items])),
     }
-    net = _Net()
-    out = SourceAugmenter(AugmentConfig(slaug=True, slaug_views="fused"), 0)(batch, net, 0)
+
+
+def test_slaug_stage_fuses_views_and_leaves_weights_without_gradient() -> None:
+    batch, method = _slaug_batch(), _noadapt()
+    out = SourceAugmenter(AugmentConfig(slaug=True, slaug_views="fused"), 0)(batch, method, 0)
     fused, gla, lla = out["image"][0], batch["image"][0], batch["image_lla"][0]
     assert [t.shape for t in out["image"]] == [t.shape for t in batch["image"]]
     lo, hi = torch.minimum(gla, lla), torch.maximum(gla, lla)
     assert bool(((fused >= lo - 1e-6) & (fused <= hi + 1e-6)).all())  # a convex blend of the two views
     assert not torch.equal(fused, gla) and not torch.equal(fused, lla)
-    assert all(p.grad is None for p in net.parameters())  # the saliency pass does not touch the update
+    assert all(p.grad is None for p in method.parameters())  # the saliency pass does not touch the update
     assert out["label"] is batch["label"]
-    # default 'both': the global view, then the same fused view, labels repeated (the public code's two losses)
-    both = SourceAugmenter(AugmentConfig(slaug=True), 0)(batch, net, 0)
-    assert torch.equal(both["image"][0][:2], gla) and torch.allclose(both["image"][0][2:], fused)
-    assert [tuple(t.shape) for t in both["image"]] == [(4, 1, 32, 32), (4, 1, 16, 16), (4, 1, 8, 8)]
-    for full, lab in zip(both["label"], batch["label"]):
+    # 'stacked': the global view, then a fused view, labels repeated
+    stacked = SourceAugmenter(AugmentConfig(slaug=True, slaug_views="stacked"), 0)(batch, method, 0)
+    assert torch.equal(stacked["image"][0][:2], gla)
+    assert [tuple(t.shape) for t in stacked["image"]] == [(4, 1, 32, 32), (4, 1, 16, 16), (4, 1, 8, 8)]
+    for full, lab in zip(stacked["label"], batch["label"]):
         assert torch.equal(full, torch.cat([lab, lab]))
     with pytest.raises(ValueError, match="slaug_views"):
         AugmentConfig(slaug=True, slaug_views="gla").validate()
+
+
+def test_slaug_both_views_is_the_public_codes_two_loss_update() -> None:
+    """slaug_views=both: one update = gradient of the global view's loss + gradient of the fused view's loss
+    (the public code's two backward passes before one optimiser step), the saliency taken from the first."""
+    batch, method = _slaug_batch(), _noadapt()
+    reference = copy.deepcopy(method)
+    aug = SourceAugmenter(AugmentConfig(slaug=True), 0)
+    opt = torch.optim.SGD(method.parameters(), lr=1.0)
+    aug.attach({"main": opt})
+    before = [p.detach().clone() for p in method.parameters()]
+    torch.manual_seed(7)  # the latent noise of both forward passes
+    out = aug(batch, method, 0)
+    assert out["image"][0].shape == (2, 1, 32, 32) and out["label"] is batch["label"]
+    assert all(p.grad is None for p in method.parameters()) and aug.carried  # carried, not yet in .grad
+    losses = method(out)
+    opt.zero_grad(set_to_none=True)  # the method's step zeroes first: the carry must survive it
+    losses["total"].backward()
+    opt.step()
+    assert not aug.carried  # used once
+    step = [b - p.detach() for b, p in zip(before, method.parameters())]
+
+    torch.manual_seed(7)
+    params = list(reference.parameters())
+    gla = batch["image"][0].clone().requires_grad_(True)
+    first = sum(reference.segmentation_terms(reference.net(gla), batch["label"]).values())
+    grad_x, *g_gla = torch.autograd.grad(first, [gla, *params], allow_unused=True)
+    fused = fuse(batch["image"][0], batch["image_lla"][0], saliency_map(grad_x, 3))
+    assert torch.allclose(out["image"][0], fused, atol=1e-6)
+    g_fused = torch.autograd.grad(reference(out)["total"], params, allow_unused=True)
+    expected = [(a if a is not None else 0) + (b if b is not None else 0) for a, b in zip(g_gla, g_fused)]
+    assert aug.logged["seg_global_view"] == pytest.approx(float(first.detach()), rel=1e-5)
+    for got, want in zip(step, expected):
+        torch.testing.assert_close(got, torch.as_tensor(want).expand_as(got), atol=1e-5, rtol=1e-4)
+    assert any(float(g.abs().max()) > 0 for g in g_gla if g is not None)  # the global view did contribute
 
 
 def test_gin_pairs_stack_two_views_with_labels_repeated() -> None:
@@ -193,10 +230,10 @@ def test_gin_pairs_stack_two_views_with_labels_repeated() -> None:
         "image": image_pyramid(image[None, None].repeat(3, 1, 1, 1)),
         "label": label_pyramid(label[None].repeat(3, 1, 1)),
     }
-    out = SourceAugmenter(AugmentConfig(gin=True), 0, pairs=True)(batch, _Net(), 5)
+    out = SourceAugmenter(AugmentConfig(gin=True), 0, pairs=True)(batch, _noadapt(), 5)
     assert out["image"][0].shape == (6, 1, 32, 32) and out["label"][0].shape == (6, 32, 32)
     assert torch.equal(out["label"][0][:3], out["label"][0][3:])
-    single = SourceAugmenter(AugmentConfig(gin=True), 0)(batch, _Net(), 5)
+    single = SourceAugmenter(AugmentConfig(gin=True), 0)(batch, _noadapt(), 5)
     assert single["image"][0].shape == (3, 1, 32, 32)
 
 

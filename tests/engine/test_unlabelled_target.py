@@ -73,6 +73,8 @@ def test_augmentation_is_off_at_prediction(run: Path, unlabelled: Path) -> None:
     """The SLAug model's predictor sees the raw slices: two predictions agree and equal a plain forward pass."""
     model = mf.open_model(run, "selected", "cpu")
     assert model.config.augment.slaug and model.config.augment.spatial
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss/seg_global_view"] > 0 for r in rows)  # SLAug's global-view pass trains, and is logged
     from udavae.data.volumes import load_image
 
     _, slices, geom = load_image(unlabelled / "LGE" / "images" / "case001.nii.gz", model.info.preprocessing)

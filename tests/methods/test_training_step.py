@@ -251,8 +251,9 @@ def test_methods_with_several_backward_passes_refuse_ddp(
 
 
 def test_step_flops_count_the_batch_level_augmentation() -> None:
-    """SLAug = saliency pass (one fwd+bwd of B crops) + the step on 2B crops (GLA + fused) = 3x noadapt's step;
-    GIN-IPA's view pairs = 2x (its random convolutions are not counted); slaug_views=fused = 2x."""
+    """SLAug = the global view's pass (one fwd+bwd of B crops, which also gives the saliency) + the step on the
+    fused B crops = 2x noadapt's step; slaug_views=fused = 2x; stacked (the step on GLA + fused, 2B) = 3x;
+    GIN-IPA's view pairs = 2x (its random convolutions are not counted)."""
     from udavae.methods.complexity import measure
     from udavae.methods.presets import build_config
 
@@ -263,7 +264,8 @@ def test_step_flops_count_the_batch_level_augmentation() -> None:
     # + the first convolution's gradient w.r.t. the input, which only the saliency pass computes:
     # 2 FLOP x (4 crops x 64 x 64 px) x (1 x 8 channels x 3 x 3)
     first_conv_input_grad = 2 * 4 * 64 * 64 * 8 * 9
-    assert flops("slaug") == 3 * base + first_conv_input_grad
+    assert flops("slaug") == 2 * base + first_conv_input_grad
+    assert flops("slaug", **{"augment.slaug_views": "stacked"}) == 3 * base + first_conv_input_grad
     assert flops("slaug", **{"augment.slaug_views": "fused"}) == 2 * base + first_conv_input_grad
     assert flops("gin-ipa") == 2 * base
     assert flops("noadapt-aug") == base

@@ -11,11 +11,14 @@ most sensitive) keep the milder global view; the others take the stronger class-
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fuse", "saliency_map"]
+__all__ = ["fuse", "input_gradient", "saliency_map", "training_pass"]
 
 
 def saliency_map(gradient: Tensor, grid: int = 3, eps: float = 1e-20) -> Tensor:
@@ -51,3 +54,21 @@ def input_gradient(net: torch.nn.Module, image: Tensor, label: Tensor) -> Tensor
         loss = balanced_cross_entropy(net(x).logits, label)
         (grad,) = torch.autograd.grad(loss, x)
     return grad
+
+
+def training_pass(
+    net: torch.nn.Module, image: Tensor, loss_fn: Callable[[Any], Tensor]
+) -> tuple[Tensor, Tensor, list[Tensor | None]]:
+    """One training pass on ``image``: the loss ``loss_fn(net(image))`` and its gradients w.r.t. the image and
+    every parameter.
+
+    SLAug's public code trains on the global view in the same backward pass that gives its saliency; this
+    returns both gradients (``None`` for a parameter the loss does not reach) and leaves ``.grad`` untouched,
+    so the caller decides when the parameter gradients join the update.
+    """
+    x = image.detach().requires_grad_(True)
+    params = [p for p in net.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        loss = loss_fn(net(x))
+        grad_x, *grads = torch.autograd.grad(loss, [x, *params], allow_unused=True)
+    return loss.detach(), grad_x, grads

@@ -106,7 +106,8 @@ def _info(args: argparse.Namespace) -> int:
     crops = f"{c.batch} source + {c.batch} target" if c.uses_target else f"{c.batch} source"
     aug = ""  # what the batch-level augmentation adds to the step (methods.complexity.augmented_source)
     if cfg.augment.slaug:
-        aug = "; SLAug: saliency pass" + (", 2 views" if cfg.augment.slaug_views == "both" else "")
+        views = {"both": " trains on the global view, 2 views", "fused": "", "stacked": ", 2 views stacked"}
+        aug = "; SLAug: saliency pass" + views[cfg.augment.slaug_views]
     elif cfg.augment.gin and cfg.method.kind == "gin_ipa":
         aug = "; GIN-IPA: 2 views"
     rows = [

@@ -11,6 +11,7 @@ weights are kept separately.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -36,6 +37,7 @@ from udavae.engine.evaluate import validation_dice
 from udavae.engine.inference import Predictor
 from udavae.engine.labelfree import case_scores, summarize_scores
 from udavae.engine.runtime import (
+    autocast,
     barrier,
     compile_module,
     configure_backends,
@@ -267,6 +269,7 @@ class Trainer:
         self.model = compile_module(self.model, cfg.runtime, self.device)
         self.cudagraphs = uses_cudagraphs(cfg.runtime, self.device)
         self.augmenter = SourceAugmenter(cfg.augment, cfg.runtime.seed, pairs=self.method.view_pairs)
+        self.augmenter.attach(self.optimizers)
         self.ema = WeightAverage(self.method, cfg.train.ema) if cfg.train.ema > 0 else None
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -497,10 +500,11 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
+        amp_ctx = functools.partial(autocast, self.device, cfg.runtime.amp)
         t0 = time.time()
         for it in bar:
             src = batch_to_device(next(src_it), self.device, cl)
-            src = self.augmenter(src, self.method.net, start + it)
+            src = self.augmenter(src, self.method, start + it, amp_ctx)
             tgt = batch_to_device(next(tgt_it), self.device, cl) if tgt_it is not None else None
             losses = optimisation_step(
                 self.method,
@@ -513,6 +517,7 @@ class Trainer:
                 forward=self.model,
                 step=start + it,
             )
+            losses = {**losses, **self.augmenter.logged}
             if self.ema is not None:
                 self.ema.update(self.method)
             for k, v in losses.items():  # new tensors: a CUDA-graph replay may overwrite ``losses``

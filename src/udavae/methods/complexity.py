@@ -84,10 +84,10 @@ def training_step_flops(method: UDAMethod, batch: int, crop: int, step: int = 0)
 def augmented_source(method: UDAMethod, src: dict) -> tuple[dict, int]:
     """The source batch the method's step sees under ``cfg.augment``, and the FLOPs spent building it.
 
-    Shapes as :class:`~udavae.augment.SourceAugmenter` makes them (SLAug with ``slaug_views=both`` and GIN view
-    pairs double the batch). SLAug's saliency pass is counted as one forward and backward pass of the network
-    (its input-only backward skips the weight gradients, so this overcounts it slightly); GIN's random
-    networks (a few 3x3 convolutions of 2 channels) are not counted.
+    Shapes as :class:`~udavae.augment.SourceAugmenter` makes them (SLAug with ``slaug_views=stacked`` and GIN
+    view pairs double the batch). SLAug's saliency pass is counted as one forward and backward pass of the
+    network (with ``slaug_views=fused`` its input-only backward skips the weight gradients, so this overcounts
+    it slightly); GIN's random networks (a few 3x3 convolutions of 2 channels) are not counted.
     """
     from udavae.losses import balanced_cross_entropy
 
@@ -97,7 +97,7 @@ def augmented_source(method: UDAMethod, src: dict) -> tuple[dict, int]:
         x = src["image"][0].detach().requires_grad_(True)
         flops = count_flops(lambda: balanced_cross_entropy(method.net(x).logits, src["label"][0]).backward())
         method.zero_grad(set_to_none=True)
-        return (doubled if aug.slaug_views == "both" else src), flops
+        return (doubled if aug.slaug_views == "stacked" else src), flops
     if aug.gin and method.view_pairs:
         return doubled, 0
     return src, 0
