@@ -52,6 +52,7 @@ def make_run(
     sweep_group: str | None = None,
     nan_case: int | None = None,
     raw_dice: np.ndarray | None = None,
+    patients: tuple[str, ...] = PATIENTS,
 ) -> Path:
     """A model folder with ``dice`` (patients x structures, fractions) on each split; distances derived from it.
 
@@ -83,7 +84,7 @@ def make_run(
     if nan_case is not None:
         dice[nan_case, 2], assd[nan_case, 2], hd95[nan_case, 2] = 0.0, np.nan, np.nan
     for split in splits:
-        write_metrics(folder / "eval" / f"LGE_{split}_best" / "metrics.csv", dice, assd, hd95)
+        write_metrics(folder / "eval" / f"LGE_{split}_best" / "metrics.csv", dice, assd, hd95, patients)
         if raw_dice is not None:
             write_metrics(
                 folder / "eval" / f"LGE_{split}_best" / "metrics_raw.csv",
@@ -407,3 +408,15 @@ def test_evaluation_modules_do_not_import_engine_or_cli() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_too_few_patients_give_one_note_per_split(tmp_path: Path) -> None:
+    """Five validation patients: no p-value in any cell, said once for the split, naming each group and metric."""
+    few = PATIENTS[:5]
+    for group, gain in (("noadapt", 0.0), ("slaug", 0.1), ("gin-ipa", 0.05)):
+        make_run(tmp_path / group, group, 0, fake_dice(gain, 0)[:5], patients=few)
+    comp = compare([str(tmp_path)], splits=("test",), n_resamples=0, reference="noadapt")
+    lines = [n for n in comp.notes if "too few for a Wilcoxon test" in n]
+    assert len(lines) == 1
+    assert "slaug (Dice MYO/LV/RV, ASSD MYO/LV/RV, HD95 MYO/LV/RV)" in lines[0] and "gin-ipa (" in lines[0]
+    assert lines[0].startswith("test, vs noadapt: 5 paired patient(s)")

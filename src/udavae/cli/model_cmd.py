@@ -106,8 +106,11 @@ def _info(args: argparse.Namespace) -> int:
     crops = f"{c.batch} source + {c.batch} target" if c.uses_target else f"{c.batch} source"
     aug = ""  # what the batch-level augmentation adds to the step (methods.complexity.augmented_source)
     if cfg.augment.slaug:
-        views = {"both": " trains on the global view, 2 views", "fused": "", "stacked": ", 2 views stacked"}
-        aug = "; SLAug: saliency pass" + views[cfg.augment.slaug_views]
+        aug = {
+            "both": "; SLAug: a training pass on the global view (it gives the saliency) + the fused view",
+            "fused": "; SLAug: saliency pass + the fused view",
+            "stacked": "; SLAug: saliency pass + global and fused views stacked",
+        }[cfg.augment.slaug_views]
     elif cfg.augment.gin and cfg.method.kind == "gin_ipa":
         aug = "; GIN-IPA: 2 views"
     rows = [

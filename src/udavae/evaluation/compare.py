@@ -294,6 +294,7 @@ def make_notes(comp: Comparison) -> list[str]:
             "the gain holds across patients for these trained models, not whether training with another "
             "seed would reproduce it; train at least 3 seeds per group to see the seed-to-seed spread"
         )
+    untested: dict[tuple[str, str], dict[str, dict[str, list[str]]]] = {}
     for group in comp.groups:
         for split in comp.splits:
             for metric in comp.metrics:
@@ -306,12 +307,18 @@ def make_notes(comp: Comparison) -> list[str]:
                         f"({cells} {METRICS[metric][1]}) is smaller than the larger seed-to-seed std of "
                         "the two groups: within seed noise"
                     )
-                untested = [t for t in tests if t is not None and t.note and not math.isfinite(t.p_value)]
-                if untested:
-                    notes.append(
-                        f"{group} vs {comp.reference}, {split} {METRICS[metric][0]}: "
-                        + "; ".join(f"{t.structure}: {t.note}" for t in untested)
-                    )
+                for t in tests:
+                    if t is not None and t.note and not math.isfinite(t.p_value):
+                        untested.setdefault((split, t.note), {}).setdefault(group, {}).setdefault(
+                            METRICS[metric][0], []
+                        ).append(t.structure)
+    # one line per reason and split (a 5-patient validation split gives the same reason in every cell)
+    for (split, why), by_group in untested.items():
+        cells = "; ".join(
+            f"{group} (" + ", ".join(m + " " + "/".join(st) for m, st in by_metric.items()) + ")"
+            for group, by_metric in by_group.items()
+        )
+        notes.append(f"{split}, vs {comp.reference}: {why}: {cells}")
     for group in comp.groups:
         for split in comp.splits:
             sets = {frozenset(r.cases) for r in comp.scores if r.run.group == group and r.split == split}

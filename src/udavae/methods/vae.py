@@ -162,16 +162,15 @@ class VAEMethod(VariationalMethod):
             True,
             "ablation, every component: concat wiring, gate head, global+local+prior SMIE",
         ),
-        # The fused view alone (augment.slaug_views=fused): UDA-VAE++'s step is already 4.4x noadapt's, and the
-        # doubled source batch of 'both' would take a cpu-profile run past 60 minutes on 2 cores.
+        # SLAug's two views (slaug_views=both): the global view's pass costs what the saliency pass of the fused
+        # view alone would (one forward/backward of the source batch), about 1.25x UDA-VAE++'s step.
         "udavae++slaug": Preset(
             {
                 **_vae("concat", "conv", True, True, True, "").overrides,
                 "augment.spatial": True,
                 "augment.slaug": True,
-                "augment.slaug_views": "fused",
             },
-            "UDA-VAE++ trained on SLAug's fused source views (+ spatial augmentation)",
+            "UDA-VAE++ with SLAug on the source (global + fused views, + spatial augmentation)",
         ),
     }
 
