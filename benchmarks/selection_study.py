@@ -134,7 +134,9 @@ def main() -> None:
         if not last.is_file() or (dest.is_file() and not args.force):
             continue
         result = study_run(run, not args.no_tta, args.label_free_cases, args.ema_every_epoch)
-        result["command"] = "python benchmarks/selection_study.py " + repo_relative(root) + " --runs " + run.name
+        result["command"] = (
+            "python benchmarks/selection_study.py " + repo_relative(str(root.resolve())) + " --runs " + run.name
+        )
         dest.parent.mkdir(parents=True, exist_ok=True)
         write_json(dest, result)
         print(f"wrote {dest}", file=sys.stderr)
