@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,7 @@ def make_run(
             {
                 "preset": preset,
                 "profile": "cpu",
-                "method": {"name": preset},
+                "method": {"name": preset, "kind": {"noadapt": "noadapt", "udavae++": "vae"}.get(preset, preset)},
                 "runtime": {"seed": seed},
                 "data": {"source": "C0", "target": "LGE"},
             }
@@ -225,6 +226,12 @@ def test_compare_end_to_end(two_groups, tmp_path: Path, capsys: pytest.CaptureFi
         assert (out / name).is_file(), name
         assert str(out / name) in stdout  # the user is told what was written
     assert "udavae++" in stdout and "noadapt" in stdout and "±" in stdout
+    # single-source rows are marked: noadapt trained on no target image, udavae++ on unlabelled ones
+    assert re.search(r"^noadapt\s+none\s+3\s", stdout, re.M)
+    assert re.search(r"^udavae\+\+\s+unlabelled\s+3\s", stdout, re.M)
+    md = (out / "compare.md").read_text()
+    assert "| noadapt (ref) | none | 3 |" in md and "| udavae++ | unlabelled | 3 |" in md
+    assert "noadapt & none & 3 &" in (out / "compare.tex").read_text()
 
     comp = compare([str(root)], splits=("test", "val"), n_resamples=2000, seed=0)
     assert comp.reference == "noadapt" and comp.groups == ["noadapt", "udavae++"]  # default reference first
@@ -272,7 +279,7 @@ def test_compare_end_to_end(two_groups, tmp_path: Path, capsys: pytest.CaptureFi
     data = json.loads((out / "compare.json").read_text())
     assert data["settings"]["reference"] == "noadapt" and len(data["summaries"]) == len(rows)
     md = (out / "compare.md").read_text()
-    assert "| udavae++ | 3 |" in md and "Δ Dice (%)" in md and "±" in md
+    assert "| udavae++ | unlabelled | 3 |" in md and "Δ Dice (%)" in md and "±" in md
     tex = (out / "compare.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "95\\%" in tex and " 95%" not in tex
 

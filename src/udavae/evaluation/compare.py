@@ -199,6 +199,10 @@ class Comparison:
             None,
         )
 
+    def target_images(self, group: str) -> str:
+        """What the group's method trained on from the target domain: none, unlabelled (or both, if mixed)."""
+        return " / ".join(sorted({r.target_images for r in self.runs if r.group == group and r.target_images}))
+
     def seeds(self, group: str) -> list[int | None]:
         return sorted((r.seed for r in self.runs if r.group == group), key=lambda s: (s is None, s or 0))
 

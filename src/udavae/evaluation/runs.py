@@ -55,6 +55,8 @@ class RunInfo:
         method: the config's ``method.name``.
         domain: the evaluated domain: the model's target domain.
         structures: structure names in class order (model.json ``class_names``).
+        target_images: what the method trained on from the target domain: ``"none"`` (single-source methods:
+            noadapt, SLAug, GIN-IPA), ``"unlabelled"`` (adaptation methods), ``""`` when the method is unknown.
     """
 
     path: Path
@@ -65,6 +67,7 @@ class RunInfo:
     method: str
     domain: str
     structures: tuple[str, ...]
+    target_images: str = ""
 
 
 def is_sweep_folder(path: Path) -> bool:
@@ -147,7 +150,19 @@ def read_run(path: Path, label: str | None = None) -> RunInfo:
         method=str(method.get("name", preset)),
         domain=str(domain),
         structures=structures,
+        target_images=target_images(str(method.get("kind", ""))),
     )
+
+
+def target_images(kind: str) -> str:
+    """``"none"`` if method kind ``kind`` trains without target images, ``"unlabelled"`` if it reads them
+    (never their labels), ``""`` for a kind this udavae does not know."""
+    from udavae.methods import METHODS
+
+    cls = METHODS.get(kind)
+    if cls is None:
+        return ""
+    return "unlabelled" if cls.needs_target else "none"
 
 
 def find_runs(args: Sequence[str]) -> list[RunInfo]:

@@ -203,28 +203,32 @@ def render_markdown(comp: Comparison) -> str:
         "Cells: mean ± std over training seeds of the per-seed mean over patients "
         f"[95% bootstrap CI over patients of the seed-averaged scores, {comp.n_resamples} resamples, "
         f"seed {comp.seed}]. Tests: two-sided Wilcoxon signed-rank over patients, group - reference, on "
-        "seed-averaged scores.",
+        "seed-averaged scores. Target images: what each method trained on from the target domain (none: a "
+        "single-source method; unlabelled: images without their labels).",
         "",
-        "| group | seeds | runs |",
-        "|---|---|---|",
+        "| group | target images | seeds | runs |",
+        "|---|---|---|---|",
     ]
     for g in comp.groups:
         runs = [r for r in comp.runs if r.group == g]
         seeds = ", ".join("?" if s is None else str(s) for s in comp.seeds(g))
-        lines.append(f"| {g} | {seeds} | " + "<br>".join(f"`{r.path}`" for r in runs) + " |")
+        lines.append(
+            f"| {g} | {comp.target_images(g) or '?'} | {seeds} | " + "<br>".join(f"`{r.path}`" for r in runs) + " |"
+        )
     for split in comp.splits:
         lines += ["", f"## {comp.domain} {split} split"]
         for metric in comp.metrics:
             rows = [
                 [
                     g + (" (ref)" if g == comp.reference else ""),
+                    comp.target_images(g) or "?",
                     str(len(comp.seeds(g))),
                     *(_cell_text(comp, g, split, s, metric) for s in comp.structures),
                 ]
                 for g in comp.groups
             ]
             lines += ["", f"### {_metric_title(metric)}", ""]
-            lines += _md_table(["group", "seeds", *comp.structures], rows)
+            lines += _md_table(["group", "target images", "seeds", *comp.structures], rows)
         for metric in comp.metrics:
             label, unit = METRICS[metric][:2]
             rows = []
@@ -285,11 +289,12 @@ def render_tex(comp: Comparison) -> str:
         f"\\caption{{{latex_escape(label)} ({latex_escape(unit)}) on the {latex_escape(comp.domain)} "
         f"{latex_escape(split)} split ({latex_escape(comp.checkpoint)} checkpoint): mean $\\pm$ std over training "
         "seeds, [95\\% bootstrap CI over patients]. $^{*}$: $p < 0.05$, two-sided Wilcoxon signed-rank test over "
-        f"patients against {latex_escape(comp.reference)}.}}",
+        f"patients against {latex_escape(comp.reference)}. Target: target-domain images used in training "
+        "(none: single-source; unlabelled: images only).}",
         "\\label{tab:compare}",
-        "\\begin{tabular}{lc" + "c" * len(comp.structures) + "}",
+        "\\begin{tabular}{llc" + "c" * len(comp.structures) + "}",
         "\\toprule",
-        "Method & Seeds & " + " & ".join(latex_escape(s) for s in comp.structures) + " \\\\",
+        "Method & Target & Seeds & " + " & ".join(latex_escape(s) for s in comp.structures) + " \\\\",
         "\\midrule",
     ]
     for g in comp.groups:
@@ -300,7 +305,8 @@ def render_tex(comp: Comparison) -> str:
             star = "^{*}" if t is not None and math.isfinite(t.p_value) and t.p_value < 0.05 else ""
             std = f" \\pm {_num(sm.std)}" if math.isfinite(sm.std) else ""
             cells.append(f"${_num(sm.mean)}{std}{star}$ {{\\scriptsize [{_num(sm.ci_low)}, {_num(sm.ci_high)}]}}")
-        lines.append(f"{latex_escape(g)} & {len(comp.seeds(g))} & " + " & ".join(cells) + " \\\\")
+        target = latex_escape(comp.target_images(g) or "?")
+        lines.append(f"{latex_escape(g)} & {target} & {len(comp.seeds(g))} & " + " & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -348,6 +354,7 @@ def comparison_json(comp: Comparison) -> dict[str, Any]:
             "groups": [
                 {
                     "name": g,
+                    "target_images": comp.target_images(g),
                     "seeds": comp.seeds(g),
                     "runs": [
                         {
@@ -465,7 +472,10 @@ def terminal_table(comp: Comparison) -> str:
     cw = max(len(s) for s in comp.structures) if comp.structures else 0
     cw = max(cw, *(len(c) for row in cells.values() for c, _ in row)) if comp.structures else 0
     pw = 7 if len(comp.groups) > 1 else 0  # a lone group is tested against nothing: no p column
-    head = f"{'group':<{gw}}  seeds  " + "  ".join(f"{s:<{cw}}  {'p' if pw else '':<{pw}}" for s in comp.structures)
+    tw = max(len("target images"), *(len(comp.target_images(g) or "?") for g in comp.groups))
+    head = f"{'group':<{gw}}  {'target images':<{tw}}  seeds  " + "  ".join(
+        f"{s:<{cw}}  {'p' if pw else '':<{pw}}" for s in comp.structures
+    )
     lines = [
         f"{comp.domain} {split} split, {label} {unit} ({comp.checkpoint} checkpoint): mean ± std over seeds "
         "[95% CI over patients]" + (f", p: Wilcoxon over patients vs {comp.reference}" if pw else ""),
@@ -474,7 +484,7 @@ def terminal_table(comp: Comparison) -> str:
     ]
     for g in comp.groups:
         lines.append(
-            f"{g:<{gw}}  {len(comp.seeds(g)):>5}  "
+            f"{g:<{gw}}  {comp.target_images(g) or '?':<{tw}}  {len(comp.seeds(g)):>5}  "
             + "  ".join(f"{c:<{cw}}  {p if pw else '':<{pw}}" for c, p in cells[g]).rstrip()
         )
     return "\n".join(line.rstrip() for line in lines)
