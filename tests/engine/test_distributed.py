@@ -15,7 +15,12 @@ from udavae.engine.model_folder import load_checkpoint
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("preset", "port"),
+    # slaug: the global view's pass runs outside DDP; its carried gradients must be averaged over the ranks
+    [("udavae++", "29531"), ("slaug", "29532")],
+)
+def test_torchrun_two_cpu_processes(tmp_path: Path, preset: str, port: str) -> None:
     data = tmp_path / "data"
     generate_dataset(data, n_source=3, n_target=4, size=48, slices=3, seed=2, n_val=1)
     out = tmp_path / "run"
@@ -26,7 +31,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29531",
+        port,
         "-m",
         "udavae",
         "train",
@@ -35,7 +40,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
         "--out",
         str(out),
         "--preset",
-        "udavae++",
+        preset,
         "--profile",
         "tiny",
         "--device",
