@@ -154,7 +154,7 @@ class SourceAugmenter:
         """
 
         def loss(out: object) -> Tensor:
-            return torch.stack([t.float() for t in method.segmentation_terms(out, label).values()]).sum()
+            return method.with_total(method.segmentation_terms(out, label))["total"]
 
         with autocast_ctx():
             value, grad_x, grads = training_pass(method.net, image, loss)
