@@ -227,7 +227,7 @@ class AugmentConfig:
             view is a full training pass of the segmentation terms, whose parameter gradients are kept and added
             to the method's step on the fused view (two passes of the batch). ``fused``: the fused view alone
             (the saliency pass computes the input gradient only). ``stacked``: the global and the fused view
-            stacked along the batch of the method's step (three passes; the first version, kept to reproduce
+            stacked along the batch of the method's step (three passes; the second version, kept to reproduce
             its results).
         gin: GIN-IPA on the source crops (random convolutions + IPA blend).
         gin_layers: convolution layers of each random network (4 in the paper).
