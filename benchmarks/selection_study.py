@@ -8,7 +8,9 @@ benchmarks/cpu_sweep_c0_lge.yaml, and writes one compact JSON per run (benchmark
     python benchmarks/selection_study.py benchmarks/work/sweep_c0_lge [--out benchmarks/results/selection] \
         [--runs slaug_seed0,...] [--no-tta]
 
-A run already written is skipped unless ``--force``; a run whose training has not finished is skipped.
+Each run's file is named by its group (the sweep's group, else its preset; ``--label`` for one run, e.g. an older
+version of a preset) and seed. A run already written is skipped unless ``--force``; another run with the same
+group and seed is refused; a run whose training has not finished is skipped.
 """
 
 from __future__ import annotations
@@ -111,6 +113,13 @@ def study_run(run: Path, tta: bool, n_label_free: int, ema_every_epoch: bool) ->
     return out
 
 
+def _group(run: Path, preset: str) -> str:
+    """The run's group in its sweep (``sweep_run.json``), else its preset."""
+    record = run / "sweep_run.json"
+    group = json.loads(record.read_text()).get("group") if record.is_file() else None
+    return group or preset
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", help="sweep folder (runs under SWEEP/runs) or one run folder")
@@ -119,24 +128,35 @@ def main() -> None:
     ap.add_argument("--no-tta", action="store_true", help="skip the test-time transforms (no agreement score)")
     ap.add_argument("--label-free-cases", type=int, default=10, help="size of the label-free set (default 10)")
     ap.add_argument("--ema-every-epoch", action="store_true", help="also every epoch's EMA (default: the last)")
+    ap.add_argument("--label", default="", help="group name of the study's one run (default: sweep group or preset)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     root = Path(args.sweep)
     runs = sorted((root / "runs").iterdir()) if (root / "runs").is_dir() else [root]
     wanted = set(filter(None, args.runs.split(",")))
+    runs = [r for r in runs if not wanted or r.name in wanted]
+    if args.label and len(runs) != 1:
+        raise SystemExit(f"--label names one run; {len(runs)} selected (use --runs)")
     torch.set_num_threads(1)
     for run in runs:
-        if wanted and run.name not in wanted:
-            continue
-        dest = Path(args.out) / f"{run.name}.json"
         cfg, _ = mf.read_model_folder(run)
+        group = args.label or _group(run, cfg.preset)
+        dest = Path(args.out) / f"{group}_seed{cfg.runtime.seed}.json"
+        source = repo_relative(str(run.resolve()))
         last = mf.checkpoint_path(run, mf.epoch_checkpoint(cfg.optim.epochs))
-        if not last.is_file() or (dest.is_file() and not args.force):
+        if not last.is_file():
             continue
+        if dest.is_file():
+            recorded = json.loads(dest.read_text()).get("source")
+            if recorded not in (None, source):
+                raise SystemExit(f"{dest} studies another run ({recorded}); give {source} a --label")
+            if not args.force:
+                continue
         result = study_run(run, not args.no_tta, args.label_free_cases, args.ema_every_epoch)
+        result.update({"group": group, "source": source})
         result["command"] = (
             "python benchmarks/selection_study.py " + repo_relative(str(root.resolve())) + " --runs " + run.name
-        )
+        ) + (f" --label {args.label}" if args.label else "")
         dest.parent.mkdir(parents=True, exist_ok=True)
         write_json(dest, result)
         print(f"wrote {dest}", file=sys.stderr)

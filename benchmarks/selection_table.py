@@ -120,11 +120,11 @@ def main() -> None:
     ap.add_argument("--figures", default=str(HERE.parent / "docs" / "figures"))
     args = ap.parse_args()
     folder = Path(args.results)
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*_seed*.json"))]
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*_seed*.json"))}
     if not runs:
         raise SystemExit(f"no study files in {folder}")
     summary: dict = {"runs": {}, "groups": {}}
-    for run in runs:
+    for name, run in runs.items():
         epochs = epoch_table(run)
         chosen = picks(epochs, run["epochs"])
         raw = [e for e in epochs if e["variant"] == "raw"]
@@ -133,7 +133,8 @@ def main() -> None:
             for k in (*SCORES, "val")
             if all(np.isfinite(e[k]) for e in raw)
         }
-        summary["runs"][run["run"]] = {
+        summary["runs"][name] = {
+            "group": run.get("group", run["preset"]),
             "preset": run["preset"],
             "seed": run["seed"],
             "epochs": epochs,
@@ -143,8 +144,8 @@ def main() -> None:
         }
     by_preset: dict[str, list[dict]] = {}
     for r in summary["runs"].values():
-        by_preset.setdefault(r["preset"], []).append(r)
-    lines = ["| preset | runs | " + " | ".join(RULE_ORDER) + " |", "|---|---|" + "---|" * len(RULE_ORDER)]
+        by_preset.setdefault(r["group"], []).append(r)
+    lines = ["| group | runs | " + " | ".join(RULE_ORDER) + " |", "|---|---|" + "---|" * len(RULE_ORDER)]
     for preset, rs in by_preset.items():
         cells = []
         for rule in RULE_ORDER:
