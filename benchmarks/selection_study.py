@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--label-free-cases", type=int, default=10, help="size of the label-free set (default 10)")
     ap.add_argument("--ema-every-epoch", action="store_true", help="also every epoch's EMA (default: the last)")
     ap.add_argument("--label", default="", help="group name of the study's one run (default: sweep group or preset)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: PyTorch's; 1 beside training)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     root = Path(args.sweep)
@@ -137,7 +138,8 @@ def main() -> None:
     runs = [r for r in runs if not wanted or r.name in wanted]
     if args.label and len(runs) != 1:
         raise SystemExit(f"--label names one run; {len(runs)} selected (use --runs)")
-    torch.set_num_threads(1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for run in runs:
         cfg, _ = mf.read_model_folder(run)
         group = args.label or _group(run, cfg.preset)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from udavae.cli.docs_cmd import write_reference
+from udavae.cli.docs_cmd import cli_reference, write_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -19,6 +19,16 @@ LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
 def test_generated_references_are_current() -> None:
     stale = write_reference(DOCS / "reference", check=True)
     assert stale == [], f"stale: {stale}; run `udavae docs`"
+
+
+def test_cli_examples_are_code_blocks_with_their_line_breaks() -> None:
+    """A command's ``examples:`` stay one command per line (continuations kept), in a bash block."""
+    sweep = cli_reference().split("## `udavae sweep`")[1].split("\n## ")[0]
+    block = sweep.split("```bash\n")[1].split("```")[0].splitlines()
+    assert "udavae sweep --out sweeps/seeds --status" in block
+    slurm = next(i for i, line in enumerate(block) if "--launcher slurm" in line)
+    assert block[slurm].endswith(" \\") and block[slurm + 1].lstrip().startswith("--slurm-partition gpu")
+    assert "examples:" not in sweep.split("```")[0]
 
 
 def test_index_links_every_page() -> None:

@@ -42,14 +42,25 @@ def _options_table(parser: argparse.ArgumentParser) -> list[str]:
     return rows
 
 
+def _split_examples(text: str) -> tuple[str, list[str]]:
+    """Help text -> (prose, the indented lines of its ``examples:`` block, kept as they are)."""
+    prose, sep, examples = text.partition("\nexamples:\n")
+    if not sep and text.startswith("examples:\n"):
+        prose, examples = "", text[len("examples:\n") :]
+    return prose, [line[2:] if line.startswith("  ") else line for line in examples.strip("\n").splitlines()]
+
+
 def _command_section(name: str, parser: argparse.ArgumentParser, level: int) -> list[str]:
     out = [f"{'#' * level} `{name}`", ""]
-    desc = parser.description or ""
-    if desc:
-        out += [" ".join(desc.split()), ""]
+    prose, examples = _split_examples(parser.description or "")
+    if prose.strip():
+        out += [" ".join(prose.split()), ""]
     out += ["```", " ".join(parser.format_usage().split()), "```", ""]
     if any(not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) for a in parser._actions):
         out += [*_options_table(parser), ""]
+    examples += _split_examples(parser.epilog or "")[1]
+    if examples:
+        out += ["Examples:", "", "```bash", *examples, "```", ""]
     for sub_name, sub in _subcommands(parser).items():
         out += _command_section(f"{name} {sub_name}", sub, level + 1)
     return out

@@ -25,7 +25,7 @@ examples:
   udavae sweep --out sweeps/ablation --dataset data/mscmrseg --presets udavae++ --seeds 0 \\
       --variant no-prior method.mi_prior=false --variant no-local method.mi_local=false
   udavae sweep --out sweeps/paper --grid benchmarks/paper_sweep.yaml --gpus 0 --jobs 3
-  udavae sweep --out sweeps/paper --grid benchmarks/paper_sweep.yaml --launcher slurm \
+  udavae sweep --out sweeps/paper --grid benchmarks/paper_sweep.yaml --launcher slurm \\
       --slurm-partition gpu --gpus-per-run 1 --cpus-per-run 8 --time 4:00:00 --slurm-extra account=mylab
   udavae sweep --out sweeps/seeds --status
   udavae sweep --out sweeps/seeds --resume"""
