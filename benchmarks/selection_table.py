@@ -98,6 +98,9 @@ def case_qc(run: dict) -> dict:
         ok = np.isfinite(values)
         out[f"spearman_{key}"] = float(spearmanr(values[ok], dice[ok]).statistic) if ok.sum() > 2 else None
     worst = set(np.argsort(dice)[:10].tolist())
+    for key in QC_SCORES:  # the 10 cases each score alone ranks worst (a candidate for qc_score)
+        bad_first = np.array([r[key] for r in rows], dtype=float) * (-1 if key in ("entropy",) else 1)
+        out[f"worst10_by_{key}"] = len(worst & set(np.argsort(np.nan_to_num(bad_first, nan=np.inf))[:10].tolist()))
     flagged = {i for i, r in enumerate(rows) if r["doubtful"]}
     out.update(
         {
@@ -201,6 +204,15 @@ def main() -> None:
             + " | ".join(f"{q[f'spearman_{k}']:.2f}" if q[f"spearman_{k}"] is not None else "-" for k in QC_SCORES)
             + f" | {q['n_doubtful']} of {q['n_cases']} | {q['worst10_caught']} |"
         )
+    md += [
+        "",
+        "How many of the 10 worst test cases each score alone puts among its 10 worst (snd: lowest first):",
+        "",
+        "| run | " + " | ".join(QC_SCORES) + " |",
+        "|---|" + "---|" * len(QC_SCORES),
+    ]
+    for name, r in summary["runs"].items():
+        md.append(f"| {name} | " + " | ".join(str(r["case_qc"][f"worst10_by_{k}"]) for k in QC_SCORES) + " |")
     (folder / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     _figures(summary, Path(args.figures))
