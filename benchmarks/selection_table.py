@@ -235,11 +235,16 @@ RULE_ORDER = (
 def _figures(summary: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     keys = ("val", "entropy", "agreement", "plausibility", "snd", "label-free")
+    groups = list(dict.fromkeys(r["group"] for r in summary["runs"].values()))
+    # one colour per group, a line style per seed
+    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0))
     for name, r in summary["runs"].items():
         raw = [e for e in r["epochs"] if e["variant"] == "raw"]
+        colour = colours[r["group"]]
+        style = ("-", "--", ":")[r["seed"] % 3]
         for ax, k in zip(axes, keys):
-            ax.plot([e[k] for e in raw], [e["test"] for e in raw], "o-", ms=3, label=name)
+            ax.plot([e[k] for e in raw], [e["test"] for e in raw], "o", ls=style, ms=3, color=colour, label=name)
     for ax, k in zip(axes, keys):
         ax.set_xlabel(k if k != "val" else "val Dice (LGE 1-5)")
         ax.set_ylabel("test Dice %")
@@ -248,9 +253,13 @@ def _figures(summary: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "selection_scores_vs_test.png", dpi=80)
     plt.close(fig)
-    runs = list(summary["runs"].items())
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.4 * len(runs), 3.2), squeeze=False)
-    for ax, (name, r) in zip(axes[0], runs):
+    seeds = sorted({r["seed"] for r in summary["runs"].values()})
+    fig, axes = plt.subplots(len(groups), len(seeds), figsize=(3.4 * len(seeds), 3.0 * len(groups)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for name, r in summary["runs"].items():  # a row per group, a column per seed
+        ax = axes[groups.index(r["group"]), seeds.index(r["seed"])]
+        ax.set_visible(True)
         cases = r["case_qc"]["cases"]
         colours = ["tab:red" if c["doubtful"] else "tab:blue" for c in cases]
         ax.scatter([c["qc_score"] for c in cases], [100 * c["dice"] for c in cases], c=colours, s=12)
