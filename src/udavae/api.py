@@ -105,7 +105,7 @@ class Model:
             samples: latent samples averaged (> 1 also gives the per-voxel uncertainty).
             postprocess: apply the post-processing decided on the validation cases for this checkpoint.
             probabilities: also return the class probabilities on the volume's grid.
-            scores: also compute the label-free quality-control scores (4 more network passes).
+            scores: also compute the label-free quality-control scores (3 more network passes).
 
         Raises:
             UserError: not a 3-D array, missing or non-positive spacing, NaN/Inf intensities.

@@ -113,10 +113,13 @@ def test_qc_rows_flag_and_sort_worst_first() -> None:
     out = qc_rows(rows, ["LV"], DoubtfulRule())
     assert [r["case"] for r in out] == ["unstable", "missing", "fine", "good"]
     assert [r["doubtful"] for r in out] == [True, True, False, False]
-    assert out[0]["reason"] == "qc_score 0.75 among the worst 25% of 4" and out[1]["reason"] == "no LV predicted"
+    assert out[0]["reason"] == "qc_score 0.60 among the worst 25% of 4" and out[1]["reason"] == "no LV predicted"
     # absolute reasons flag a case whatever the batch; fewer than 4 cases get no relative flag
     lone = qc_rows([{"case": "x", "agreement": 0.3, "plausibility": 1.0}], ["LV"])
     assert lone[0]["doubtful"] and lone[0]["reason"] == "agreement 0.30 < 0.5"
     assert not qc_rows([rows[0]], ["LV"])[0]["doubtful"]
-    assert qc_score(rows[1]) == pytest.approx(0.75)
-    assert qc_score({"agreement": 0.8, "plausibility": float("nan")}) == pytest.approx(0.8)
+    # qc_score is the agreement; plausibility only stands in when no agreement was computed
+    assert qc_score(rows[1]) == pytest.approx(0.6)
+    assert qc_score({"agreement": 0.8, "plausibility": 0.1}) == pytest.approx(0.8)
+    assert qc_score({"agreement": float("nan"), "plausibility": 0.4}) == pytest.approx(0.4)
+    assert math.isnan(qc_score({"entropy": 0.2}))

@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--no-qc",
         action="store_true",
-        help="skip qc.csv (label-free per-case scores and the doubtful flag; 4 more network passes per case)",
+        help="skip qc.csv (label-free per-case scores and the doubtful flag; 3 more network passes per case)",
     )
     e.set_defaults(func=run_evaluate, tune_malloc=True)
 
@@ -106,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-qc",
         action="store_true",
         help="skip qc.csv (label-free per-case scores, volumes in ml "
-        "and the doubtful flag, worst case first; 4 more network passes per scan)",
+        "and the doubtful flag, worst case first; 3 more network passes per scan)",
     )
     _html_args(p, "OUTPUT/report.html: the quality control and a viewer per mask")
     _model_args(p)

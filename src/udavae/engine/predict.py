@@ -246,7 +246,7 @@ def predict_folder(
         samples: latent samples; > 1 also writes ``<name>_uncertainty.nii.gz``.
         skip_bad: segment the good inputs when some are bad (else nothing is written).
         postprocess: apply the post-processing decided for the model's checkpoint.
-        qc: compute the label-free scores of every mask and write ``qc.csv`` (4 more passes per scan).
+        qc: compute the label-free scores of every mask and write ``qc.csv`` (3 more passes per scan).
 
     Raises:
         DataError: an input cannot be segmented (and not ``skip_bad``, or none can).

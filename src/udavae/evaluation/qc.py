@@ -1,7 +1,7 @@
 """Per-case quality control without labels: which predicted masks a person should look at first.
 
 Each case gets the label-free scores of :mod:`udavae.evaluation.labelfree` (computed by the engine), a single
-``qc_score`` in [0, 1] (the mean of the test-time agreement and the anatomical plausibility; higher is better)
+``qc_score`` in [0, 1] (the test-time agreement; higher is better)
 and a ``doubtful`` flag with the rule behind it. ``qc.csv`` lists the cases worst first. docs/selection.md
 reports how well these scores track the true Dice on MS-CMRSeg.
 """
@@ -65,9 +65,17 @@ def _finite(v: Any) -> bool:
 
 
 def qc_score(row: Mapping[str, Any]) -> float:
-    """Mean of the finite ones of agreement and plausibility (NaN when neither is)."""
-    values = [row[k] for k in ("agreement", "plausibility") if _finite(row.get(k))]
-    return sum(values) / len(values) if values else math.nan
+    """The case's test-time agreement; its plausibility when no agreement was computed (NaN when neither was).
+
+    Agreement alone ranks cases better than its mean with plausibility: on MS-CMRSeg plausibility separates
+    failed masks from good ones but not good ones from slightly worse ones, and in the mean it diluted the
+    ranking on strong networks (docs/selection.md). Plausibility still flags gross failures on its own
+    (:class:`DoubtfulRule`).
+    """
+    for key in ("agreement", "plausibility"):
+        if _finite(row.get(key)):
+            return float(row[key])
+    return math.nan
 
 
 def qc_rows(
