@@ -24,6 +24,7 @@ from udavae.data.spec import DatasetSpec
 from udavae.data.volumes import load_cases
 from udavae.engine import model_folder as mf
 from udavae.engine.inference import Predictor
+from udavae.engine.labelfree import TTA
 from udavae.engine.trainer import run_preprocessing
 from udavae.evaluation.labelfree import agreement
 from udavae.evaluation.metrics import dice_per_class
@@ -64,9 +65,9 @@ def _gamma(g: float):  # noqa: ANN202
 
 #: name -> (transform of the slices z x H x W, inverse of the probabilities z x K x H x W)
 CANDIDATES = {
-    "flip-x": (lambda s: s.flip(-1), lambda p: p.flip(-1)),
+    **{f"gamma-{g}": _gamma(g) for g in (0.5, 2.0, 3.0)},
+    **{name: (forward, back) for name, forward, back in TTA},  # the shipped ones: flip-x, gamma-0.7, gamma-1.5
     "flip-y": (lambda s: s.flip(-2), lambda p: p.flip(-2)),
-    **{f"gamma-{g}": _gamma(g) for g in (0.5, 0.7, 1.5, 2.0, 3.0)},
     "contrast-0.7": ((lambda s: 0.5 + (s.clamp(0, 1) - 0.5) * 0.7), (lambda p: p)),
     "rot+15": _spatial(15, 1.0),
     "rot-15": _spatial(-15, 1.0),
@@ -75,7 +76,7 @@ CANDIDATES = {
 }
 SETS = {
     "first definition (flips, gamma 0.7, 1.5)": ("flip-x", "flip-y", "gamma-0.7", "gamma-1.5"),
-    "flip-x, gamma 0.7, 1.5 (current)": ("flip-x", "gamma-0.7", "gamma-1.5"),
+    "flip-x, gamma 0.7, 1.5 (current)": tuple(name for name, _, _ in TTA),
     "gamma 0.5, 2.0": ("gamma-0.5", "gamma-2.0"),
     "rotations and zooms": ("rot+15", "rot-15", "zoom-0.85", "zoom-1.15"),
     **{name: (name,) for name in CANDIDATES},
