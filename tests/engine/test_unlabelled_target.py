@@ -61,6 +61,15 @@ def test_evaluate_on_held_out_source_and_predict_with_qc(
     assert summary["n_cases"] == len(held) == 1 and summary["checkpoint"] == "ema"
     qc = (folder / "qc.csv").read_text().splitlines()
     assert qc[0].startswith("case,") and "doubtful" in qc[0] and "dice_mean" in qc[0] and len(qc) == 2
+    # one labelled case: its own worst case, flagged or not as qc.csv says; no rank correlation from one case
+    flagged = qc[1].split(",")[qc[0].split(",").index("doubtful")] == "True"
+    assert summary["qc_check"] == {
+        "n": 1,
+        "spearman": None,
+        "worst_k": 1,
+        "worst_caught": int(flagged),
+        "transforms": ["flip-x", "gamma-0.7", "gamma-1.5"],
+    }
     assert (
         main(["predict", str(run), str(unlabelled / "LGE" / "images"), str(tmp_path / "masks"), "--device", "cpu"]) == 0
     )

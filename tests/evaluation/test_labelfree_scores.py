@@ -15,7 +15,7 @@ from udavae.evaluation.labelfree import (
     slice_plausibility,
     soft_neighbourhood_density,
 )
-from udavae.evaluation.qc import DoubtfulRule, qc_rows, qc_score
+from udavae.evaluation.qc import DoubtfulRule, qc_check, qc_rows, qc_score
 
 ROLES = CardiacRoles(lv=2, myo=1, rv=3)
 
@@ -123,3 +123,21 @@ def test_qc_rows_flag_and_sort_worst_first() -> None:
     assert qc_score({"agreement": 0.8, "plausibility": 0.1}) == pytest.approx(0.8)
     assert qc_score({"agreement": float("nan"), "plausibility": 0.4}) == pytest.approx(0.4)
     assert math.isnan(qc_score({"entropy": 0.2}))
+
+
+def test_qc_check_against_hand_computed_rank_and_catch() -> None:
+    # 8 cases: qc_score ranks them exactly as their Dice except cases c and d swapped -> Spearman = 1 - 6*2/(8*63)
+    dice = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    score = [0.1, 0.2, 0.4, 0.3, 0.5, 0.6, 0.7, 0.8]
+    rows = [{"case": c, "agreement": s, "dice_mean": d} for c, s, d in zip("abcdefgh", score, dice, strict=True)]
+    check = qc_check(qc_rows(rows, []))
+    assert check["n"] == 8 and check["spearman"] == pytest.approx(1 - 6 * 2 / (8 * 63))
+    # the 2 lowest-Dice cases (25% of 8) are a and b; the relative rule flags a and b (the 2 lowest scores)
+    assert check["worst_k"] == 2 and check["worst_caught"] == 2
+    # reversed scores: the flag sits on the best cases and catches none of the worst
+    flipped = [{**r, "agreement": 1 - r["agreement"]} for r in rows]
+    check = qc_check(qc_rows(flipped, []))
+    assert check["spearman"] == pytest.approx(-(1 - 6 * 2 / (8 * 63))) and check["worst_caught"] == 0
+    # cases without a Dice (unlabelled) do not count; a constant score has no rank correlation
+    assert qc_check([{"qc_score": 0.5, "dice_mean": float("nan"), "doubtful": True}])["n"] == 0
+    assert math.isnan(qc_check([{"qc_score": 0.5, "dice_mean": d, "doubtful": False} for d in dice])["spearman"])

@@ -18,7 +18,16 @@ from typing import Any
 
 from udavae.fileio import write_text
 
-__all__ = ["DoubtfulRule", "doubtful_lines", "qc_rows", "qc_score", "read_qc_csv", "worst_first", "write_qc_csv"]
+__all__ = [
+    "DoubtfulRule",
+    "doubtful_lines",
+    "qc_check",
+    "qc_rows",
+    "qc_score",
+    "read_qc_csv",
+    "worst_first",
+    "write_qc_csv",
+]
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,27 @@ def read_qc_csv(path: Path) -> list[dict[str, Any]]:
                     parsed[k] = v
         out.append(parsed)
     return worst_first(out)
+
+
+def qc_check(rows: Sequence[Mapping[str, Any]], worst_share: float = DoubtfulRule.worst_share) -> dict[str, Any]:
+    """How well the label-free QC tracked the true Dice, on cases that have labels (``qc.csv`` rows with
+    ``dice_mean``): what a user measures on a few labelled cases before trusting the flag on unlabelled ones.
+
+    Returns:
+        ``n`` (cases with a finite score and Dice), ``spearman`` (rank correlation of ``qc_score`` with the case
+        Dice; NaN under 3 cases or a constant column), ``worst_k`` (the ``worst_share`` of the cases with the lowest
+        Dice, at least 1: 10 of 40) and ``worst_caught`` (how many of them are flagged ``doubtful``).
+    """
+    from scipy.stats import spearmanr
+
+    ok = [r for r in rows if _finite(r.get("qc_score")) and _finite(r.get("dice_mean"))]
+    n = len(ok)
+    rho = math.nan
+    if n >= 3 and len({r["qc_score"] for r in ok}) > 1 and len({r["dice_mean"] for r in ok}) > 1:
+        rho = float(spearmanr([r["qc_score"] for r in ok], [r["dice_mean"] for r in ok]).statistic)
+    k = max(1, round(worst_share * n)) if n else 0
+    worst = sorted(ok, key=lambda r: r["dice_mean"])[:k]
+    return {"n": n, "spearman": rho, "worst_k": k, "worst_caught": sum(bool(r.get("doubtful")) for r in worst)}
 
 
 def doubtful_lines(rows: Sequence[Mapping[str, Any]], limit: int = 10) -> list[str]:
