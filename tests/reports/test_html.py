@@ -19,7 +19,8 @@ from PIL import Image
 
 import udavae
 from udavae.cli import main
-from udavae.evaluation.qc import read_qc_csv, write_qc_csv
+from udavae.engine.evaluate import describe_qc_check
+from udavae.evaluation.qc import qc_check, read_qc_csv, write_qc_csv
 from udavae.reports.viewer import MAX_SIDE, MAX_SLICES, encode_case
 
 
@@ -77,6 +78,12 @@ def test_run_report_html(evaluated: Path, capsys: pytest.CaptureFixture[str]) ->
     # cases in qc.csv order, doubtful first and marked with their reason
     qc = read_qc_csv(evaluated / "eval" / "LGE_test_best" / "qc.csv")
     assert len(qc) == 5 and qc[0]["doubtful"]  # 5 cases scored together: at least the worst is doubtful
+    # the check of the flag against these labelled cases, as evaluate computed it from qc.csv
+    check = summary["qc_check"]
+    assert {k: check[k] for k in ("n", "worst_k", "worst_caught")} == {
+        k: v for k, v in qc_check(qc).items() if k in ("n", "worst_k", "worst_caught")
+    }
+    assert describe_qc_check(check).replace("<", "&lt;") in page
     assert card_order(page) == [(r["case"], r["doubtful"]) for r in qc]
     for r in qc:
         if r["doubtful"]:
@@ -153,6 +160,10 @@ def test_evaluate_prints_the_doubtful_cases_first(
     listed = out[out.index(f"doubtful cases in {tmp_path / 'ev' / 'qc.csv'}") :].splitlines()[1:]
     assert [line.split()[0] for line in listed[: len(doubtful)]] == [r["case"] for r in doubtful]
     assert all(r["reason"] in line for r, line in zip(doubtful, listed))
+    # ... then how well the flag tracked the labels: the worst of 5 cases by Dice, caught or not
+    assert describe_qc_check(json.loads((tmp_path / "ev" / "summary.json").read_text())["qc_check"]) in out
+    lowest = min(qc, key=lambda r: r["dice_mean"])
+    assert f"doubtful flags {int(lowest['doubtful'])} of the 1 lowest-Dice cases" in out
 
 
 def test_doubtful_lines_limit_and_order() -> None:
