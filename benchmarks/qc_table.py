@@ -8,8 +8,8 @@ either direction, so it checks the per-case ranking on other networks and other 
     python benchmarks/qc_table.py benchmarks/results/sweep_c0_lge benchmarks/results/sweep_lge_c0 \
         [--split test] [--json benchmarks/results/selection/qc_check.json]
 
-A summary without ``qc_check`` (evaluated before it existed) is scored from its qc.csv and marked "earlier":
-those qc.csv files used the earlier per-case score (four test-time transforms, averaged with plausibility).
+A summary without ``qc_check`` (evaluated before it existed) is scored from its qc.csv, and marked "earlier" when
+that qc.csv used the earlier per-case score (four test-time transforms, averaged with plausibility).
 """
 
 from __future__ import annotations
@@ -44,9 +44,14 @@ def check_of(run: Path, split: str) -> dict | None:
     folder = evals[0]
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
     check = summary.get("qc_check")
-    definition = "current" if check else "earlier"
+    definition = "current"
     if not check:
-        check = qc_check(read_qc_csv(folder / "qc.csv"))
+        rows = read_qc_csv(folder / "qc.csv")
+        check = qc_check(rows)
+        # the earlier qc_score averaged agreement (4 transforms) with plausibility; the current one is the
+        # agreement (3 transforms), the two changed together: a qc.csv whose qc_score is its agreement is current
+        if not all(math.isclose(r["qc_score"], r["agreement"], rel_tol=1e-4) for r in rows if "agreement" in r):
+            definition = "earlier"
     sweep = json.loads((run / "sweep_run.json").read_text()) if (run / "sweep_run.json").is_file() else {}
     return {
         "run": run.name,

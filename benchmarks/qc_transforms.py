@@ -5,7 +5,11 @@ mapped back, and the entropy of the predicted foreground alone. Then, per candid
 Spearman correlation with the case Dice and how many of the 10 worst cases are among the 10 it ranks worst.
 
     python benchmarks/qc_transforms.py benchmarks/work/sweep_c0_lge \\
-        --runs udavae++slaug_seed0,slaug_seed0,noadapt-aug_seed0
+        --runs udavae++slaug_seed0,slaug_seed0,noadapt-aug_seed0 [--only flip-x,gamma-0.7,gamma-1.5] [--weights]
+
+``--weights`` adds agreements that need no transform: with the weights of the last epoch before averaging (every
+model folder trained with ``train.ema`` has them), with earlier epochs' weights (runs that kept every epoch), and
+with two draws of the variational latents (``sample=True``).
 """
 
 from __future__ import annotations
@@ -83,8 +87,18 @@ SETS = {
 }
 
 
-def case_rows(run: Path) -> list[dict]:
-    """Per test case: Dice, agreement under every candidate, foreground entropy."""
+#: name -> checkpoint whose mask the EMA mask is compared with (``--weights``), beside the latent draws
+WEIGHT_CANDIDATES = {"weights-last": "last", "weights-epoch-10": "epoch_010", "weights-epoch-8": "epoch_008"}
+WEIGHT_SETS = {
+    "last epoch's weights + latent draws": ("weights-last", "latent-1", "latent-2"),
+    "last and earlier epochs' weights": ("weights-last", "weights-epoch-10", "weights-epoch-8"),
+    "current transforms + last epoch's weights": (*(name for name, _, _ in TTA), "weights-last"),
+}
+
+
+def case_rows(run: Path, only: set[str], weights: bool) -> list[dict]:
+    """Per test case: Dice, agreement under every candidate (those in ``only`` when given; with ``weights`` the
+    agreement with other weights and latent draws too), foreground entropy."""
     cfg, info = mf.read_model_folder(run)
     spec = DatasetSpec.load(cfg.data.dataset)
     prep = run_preprocessing(cfg, spec)
@@ -92,6 +106,11 @@ def case_rows(run: Path) -> list[dict]:
     cases = load_cases(spec, [c for c in spec.cases(cfg.data.target) if c.id in test], prep, True, desc="test")
     _, _, method, _ = mf.load_trained(run, mf.epoch_checkpoint(cfg.optim.epochs, True), "cpu")
     pred = Predictor(method.net, prep, torch.device("cpu"), batch_size=32)
+    others = {}
+    if weights:
+        for name, ckpt in WEIGHT_CANDIDATES.items():
+            if mf.checkpoint_path(run, ckpt).is_file():
+                others[name] = Predictor(mf.load_trained(run, ckpt, "cpu")[2].net, prep, torch.device("cpu"), 32)
     k = info.num_classes
     rows = []
     for case in cases:
@@ -107,8 +126,17 @@ def case_rows(run: Path) -> list[dict]:
             "foreground_entropy": float(entropy[fg].mean()) if fg.any() else 1.0,
         }
         for name, (forward, back) in CANDIDATES.items():
+            if only and name not in only:
+                continue
             other = back(pred.probabilities(forward(case.image))).argmax(1)
             row[name] = agreement(classes.numpy(), other.numpy(), k)
+        for name, other_pred in others.items():
+            row[name] = agreement(classes.numpy(), other_pred.probabilities(case.image).argmax(1).numpy(), k)
+        if weights:
+            for i in (1, 2):
+                torch.manual_seed(i)
+                drawn = pred.probabilities(case.image, samples=2).argmax(1)  # the mean of two latent draws
+                row[f"latent-{i}"] = agreement(classes.numpy(), drawn.numpy(), k)
         rows.append(row)
     return rows
 
@@ -127,13 +155,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", help="sweep folder (runs under SWEEP/runs)")
     ap.add_argument("--runs", required=True, help="comma-separated run names")
+    ap.add_argument("--only", default="", help="comma-separated transforms to score (default: every candidate)")
+    ap.add_argument("--weights", action="store_true", help="also the agreement with other weights / latent draws")
     ap.add_argument("--out", default=str(HERE / "results" / "selection" / "qc_transforms.json"))
     args = ap.parse_args()
     sweep = repo_relative(str(Path(args.sweep).resolve()))
-    result: dict = {"command": f"python benchmarks/qc_transforms.py {sweep} --runs {args.runs}"}
+    extra = (f" --only {args.only}" if args.only else "") + (" --weights" if args.weights else "")
+    result: dict = {"command": f"python benchmarks/qc_transforms.py {sweep} --runs {args.runs}{extra}"}
+    only = set(filter(None, args.only.split(",")))
     for name in args.runs.split(","):
-        rows = case_rows(Path(args.sweep) / "runs" / name)
-        quality = {s: rank_quality(rows, np.mean([[r[t] for t in ts] for r in rows], axis=1)) for s, ts in SETS.items()}
+        rows = case_rows(Path(args.sweep) / "runs" / name, only, args.weights)
+        sets = {**SETS, **{n: (n,) for n in rows[0] if n.startswith(("weights-", "latent-"))}, **WEIGHT_SETS}
+        quality = {
+            s: rank_quality(rows, np.mean([[r[t] for t in ts] for r in rows], axis=1))
+            for s, ts in sets.items()
+            if all(t in rows[0] for t in ts)
+        }
         quality["foreground entropy (lower is worse)"] = rank_quality(
             rows, -np.array([r["foreground_entropy"] for r in rows])
         )
