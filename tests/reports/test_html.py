@@ -19,8 +19,7 @@ from PIL import Image
 
 import udavae
 from udavae.cli import main
-from udavae.engine.evaluate import describe_qc_check
-from udavae.evaluation.qc import qc_check, read_qc_csv, write_qc_csv
+from udavae.evaluation.qc import describe_qc_check, qc_check, read_qc_csv, write_qc_csv
 from udavae.reports.viewer import MAX_SIDE, MAX_SLICES, encode_case
 
 

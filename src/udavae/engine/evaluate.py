@@ -16,11 +16,12 @@ from tqdm.auto import tqdm
 
 from udavae import layout
 from udavae.data.volumes import LoadedCase
+from udavae.engine.labelfree import TTA
 from udavae.errors import DataError
 from udavae.evaluation.evaluate import format_table, summary_of, write_metrics_csv, write_summary
 from udavae.evaluation.metrics import dice_per_class, multiclass_metrics
 from udavae.evaluation.postprocess import PostProcessing, decide_postprocessing
-from udavae.evaluation.qc import qc_check
+from udavae.evaluation.qc import describe_qc_check, qc_check
 
 __all__ = [
     "decide_for_cases",
@@ -169,8 +170,6 @@ def evaluate_run(
     qc_table: list[dict[str, Any]] = []
     if qc is not None:
         qc_table = write_case_qc(out / "qc.csv", loaded, rows, qc, list(info.labels.class_names.values()))
-        from udavae.engine.labelfree import TTA
-
         # the transforms the agreement used: a qc_check is comparable with another only under the same ones
         summary["qc_check"] = {**qc_check(qc_table), "transforms": [name for name, *_ in TTA]}
     write_summary(out / "summary.json", summary)
@@ -198,16 +197,6 @@ def write_case_qc(
     table = qc_rows(scored, structures)
     write_qc_csv(path, table)
     return table
-
-
-def describe_qc_check(check: dict[str, Any]) -> str:
-    """One line: how well the label-free QC tracked these labelled cases' Dice (``qc_check`` of summary.json)."""
-    rho = check.get("spearman")
-    rho_text = f"Spearman {rho:.2f}" if rho is not None and np.isfinite(rho) else "Spearman n/a"
-    return (
-        f"quality control against the labels: {rho_text} between qc_score and case Dice over {check['n']} cases; "
-        f"doubtful flags {check['worst_caught']} of the {check['worst_k']} lowest-Dice cases"
-    )
 
 
 def print_doubtful(rows: list[dict[str, Any]], path: Path) -> None:

@@ -20,6 +20,7 @@ from udavae.fileio import write_text
 
 __all__ = [
     "DoubtfulRule",
+    "describe_qc_check",
     "doubtful_lines",
     "qc_check",
     "qc_rows",
@@ -164,6 +165,16 @@ def qc_check(rows: Sequence[Mapping[str, Any]], worst_share: float = DoubtfulRul
     k = max(1, round(worst_share * n)) if n else 0
     worst = sorted(ok, key=lambda r: r["dice_mean"])[:k]
     return {"n": n, "spearman": rho, "worst_k": k, "worst_caught": sum(bool(r.get("doubtful")) for r in worst)}
+
+
+def describe_qc_check(check: dict[str, Any]) -> str:
+    """One line: how well the label-free QC tracked these labelled cases' Dice (``qc_check`` of summary.json)."""
+    rho = check.get("spearman")
+    rho_text = f"Spearman {rho:.2f}" if _finite(rho) else "Spearman n/a"
+    return (
+        f"quality control against the labels: {rho_text} between qc_score and case Dice over {check['n']} cases; "
+        f"doubtful flags {check['worst_caught']} of the {check['worst_k']} lowest-Dice cases"
+    )
 
 
 def doubtful_lines(rows: Sequence[Mapping[str, Any]], limit: int = 10) -> list[str]:

@@ -171,7 +171,7 @@ def eval_section(folder: Path, structures: Sequence[str]) -> str:
         n = sum(bool(r.get("doubtful")) for r in qc)
         parts.append(f"<details><summary>quality control (qc.csv): {n} of {len(qc)} doubtful, worst first</summary>")
         if summary.get("qc_check"):
-            from udavae.engine.evaluate import describe_qc_check
+            from udavae.evaluation.qc import describe_qc_check
 
             parts.append(f'<p class="note">{_esc(describe_qc_check(summary["qc_check"]))}</p>')
         parts.append(qc_table(qc, structures) + "</details>")
