@@ -29,7 +29,7 @@ from udavae.data.spec import DatasetSpec
 from udavae.data.volumes import load_cases
 from udavae.engine import model_folder as mf
 from udavae.engine.inference import Predictor
-from udavae.engine.labelfree import case_scores
+from udavae.engine.labelfree import TTA, case_scores
 from udavae.evaluation.metrics import dice_per_class
 from udavae.fileio import write_json
 
@@ -80,6 +80,7 @@ def study_run(run: Path, tta: bool, n_label_free: int, ema_every_epoch: bool) ->
         "class_names": [names[i] for i in range(1, k)],
         "splits": splits,
         "tta": tta,
+        "transforms": [t[0] for t in TTA] if tta else [],
         "label_free_set": lf_set,
         "checkpoints": [],
     }

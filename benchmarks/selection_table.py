@@ -24,6 +24,8 @@ HERE = Path(__file__).resolve().parent
 #: rule -> (score column of an epoch, +1 higher is better / -1 lower is better); None: a fixed checkpoint.
 SCORES = {"entropy": -1, "agreement": 1, "plausibility": 1, "snd": 1, "label-free": 1}
 QC_SCORES = ("agreement", "plausibility", "entropy", "snd", "qc_score")
+#: The test-time transforms of the study files written before they were recorded (the first definition).
+FIRST_TRANSFORMS = ["flip-x", "flip-y", "gamma-0.7", "gamma-1.5"]
 
 
 def _case_dice(row: dict, names: list[str]) -> float:
@@ -140,6 +142,7 @@ def main() -> None:
             "group": run.get("group", run["preset"]),
             "preset": run["preset"],
             "seed": run["seed"],
+            "transforms": run.get("transforms", FIRST_TRANSFORMS if run.get("tta", True) else []),
             "epochs": epochs,
             "picks": {r: {"epoch": e["epoch"], "variant": e["variant"], "test": e["test"]} for r, e in chosen.items()},
             "spearman_over_epochs": corr,
@@ -213,6 +216,8 @@ def main() -> None:
     ]
     for name, r in summary["runs"].items():
         md.append(f"| {name} | " + " | ".join(str(r["case_qc"][f"worst10_by_{k}"]) for k in QC_SCORES) + " |")
+    md += ["", "Test-time transforms of each study's agreement:", ""]
+    md += [f"- {name}: {', '.join(r['transforms']) or 'none'}" for name, r in summary["runs"].items()]
     (folder / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     _figures(summary, Path(args.figures))
