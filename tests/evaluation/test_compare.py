@@ -236,7 +236,8 @@ def test_compare_end_to_end(two_groups, tmp_path: Path, capsys: pytest.CaptureFi
     comp = compare([str(root)], splits=("test", "val"), n_resamples=2000, seed=0)
     assert comp.reference == "noadapt" and comp.groups == ["noadapt", "udavae++"]  # default reference first
     rows = read_compare_csv(out / "compare.csv")
-    assert len(rows) == len(comp.summaries) == 2 * 2 * 3 * 3
+    assert comp.structures == [*STRUCTURES, "mean"]  # the per-patient mean over the structures last
+    assert len(rows) == len(comp.summaries) == 2 * 2 * 4 * 3
     for row, summary in zip(rows, comp.summaries):
         want = summary.row()
         assert set(row) == set(want)
@@ -263,8 +264,18 @@ def test_compare_end_to_end(two_groups, tmp_path: Path, capsys: pytest.CaptureFi
     assert rv.scores_by_patient()["patient8"] == pytest.approx(np.mean(20.0 * (1 - base[[0, 2], 2, 2] / 100)))
     assert comp.summary("noadapt", "test", "RV", "dice").seed_means[1] == pytest.approx(base[1, :, 2].mean())
 
+    # "mean": each patient's mean over MYO/LV/RV, then as any structure; undefined where a structure's value is
+    m = comp.summary("udavae++", "test", "mean", "dice")
+    np.testing.assert_allclose(m.seed_means, ours.mean(axis=2).mean(axis=1), rtol=1e-12)
+    tm = comp.test("udavae++", "test", "mean", "dice")
+    assert tm.mean_diff == pytest.approx((ours.mean(axis=2).mean(axis=0) - base.mean(axis=2).mean(axis=0)).mean())
+    assd = 20.0 * (1 - base[1] / 100)  # noadapt seed 1, patients x structures; its patient index 2 missed the RV
+    assd[2, 2] = np.nan
+    mean_assd = comp.summary("noadapt", "test", "mean", "assd").seed_means[1]
+    assert mean_assd == pytest.approx(np.mean(np.delete(assd.mean(axis=1), 2)), rel=1e-12)
+
     tests = read_tests_csv(out / "tests.csv")
-    assert len(tests) == len(comp.tests) == 2 * 3 * 3
+    assert len(tests) == len(comp.tests) == 2 * 4 * 3
     for row, test in zip(tests, comp.tests):
         assert (row["group"], row["reference"], row["split"], row["structure"], row["metric"]) == (
             test.group,
@@ -425,5 +436,5 @@ def test_too_few_patients_give_one_note_per_split(tmp_path: Path) -> None:
     comp = compare([str(tmp_path)], splits=("test",), n_resamples=0, reference="noadapt")
     lines = [n for n in comp.notes if "too few for a Wilcoxon test" in n]
     assert len(lines) == 1
-    assert "slaug (Dice MYO/LV/RV, ASSD MYO/LV/RV, HD95 MYO/LV/RV)" in lines[0] and "gin-ipa (" in lines[0]
+    assert "slaug (Dice MYO/LV/RV/mean, ASSD MYO/LV/RV/mean, HD95 MYO/LV/RV/mean)" in lines[0] and "gin-ipa (" in lines[0]
     assert lines[0].startswith("test, vs noadapt: 5 paired patient(s)")

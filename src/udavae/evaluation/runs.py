@@ -254,8 +254,14 @@ def _to_float(text: str | None) -> float:
     return float(text)
 
 
+#: The pseudo-structure holding each patient's mean over the structures (the "mean Dice" papers report). NaN for a
+#: patient where any structure's value is undefined, so a missed structure's distance cannot flatter the mean.
+MEAN_STRUCTURE = "mean"
+
+
 def read_metrics_csv(path: Path, metrics: Sequence[str]) -> tuple[tuple[str, ...], dict[str, dict[str, np.ndarray]]]:
-    """Read an ``evaluate`` metrics file: (cases, structure -> metric -> values in compare's units)."""
+    """Read an ``evaluate`` metrics file: (cases, structure -> metric -> values in compare's units), with the
+    per-patient mean over the structures as the last structure, :data:`MEAN_STRUCTURE`."""
     try:
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
@@ -282,6 +288,8 @@ def read_metrics_csv(path: Path, metrics: Sequence[str]) -> tuple[tuple[str, ...
         s: {m: np.array([table.get((c, s), {}).get(m, math.nan) for c in cases], dtype=np.float64) for m in metrics}
         for s in structures
     }
+    if len(values) > 1 and MEAN_STRUCTURE not in values:
+        values[MEAN_STRUCTURE] = {m: np.mean([v[m] for v in values.values()], axis=0) for m in metrics}
     return tuple(cases), values
 
 

@@ -204,7 +204,8 @@ def render_markdown(comp: Comparison) -> str:
         f"[95% bootstrap CI over patients of the seed-averaged scores, {comp.n_resamples} resamples, "
         f"seed {comp.seed}]. Tests: two-sided Wilcoxon signed-rank over patients, group - reference, on "
         "seed-averaged scores. Target images: what each method trained on from the target domain (none: a "
-        "single-source method; unlabelled: images without their labels).",
+        "single-source method; unlabelled: images without their labels). mean: each patient's mean over the "
+        "structures (undefined for a patient where one structure's value is, e.g. the distance to a missed one).",
         "",
         "| group | target images | seeds | runs |",
         "|---|---|---|---|",
