@@ -6,7 +6,7 @@
 #
 # Grid: benchmarks/paper_sweep.yaml (noadapt, uda-vae, cfdnet, udavae++, the paper's ablation rows and the
 # augmentation presets, seeds 0,1,2),
-# or PRESETS=a,b [SEEDS=0,1] for a smaller one. Environment: AMP=none|bf16 (default bf16; fp16 is refused for
+# or PRESETS=a,b [SEEDS=0,1] [OVERRIDES="key=value ..."] for a smaller one. Environment: AMP=none|bf16 (default bf16; fp16 is refused for
 # training), COMPILE=<torch.compile mode> (default none; reduce-overhead replays the step as CUDA graphs), EPOCHS,
 # ITERS, DEVICE (default cuda), GPUS (default 0; e.g. 0,1,2,3), JOBS (runs at once per GPU, default 3: one
 # paper-size run leaves an H200 mostly idle) and PROFILE (default paper). Rerunning the script resumes the sweep
@@ -32,7 +32,8 @@ if [ "$DEVICE" = cuda ]; then ARGS+=(--gpus "${GPUS:-0}"); fi
 if [ -f "$OUT/sweep/sweep.json" ]; then ARGS+=(--resume); fi
 START=$(date +%s)
 rc=0
-udavae sweep "${ARGS[@]}" || rc=$?
+# shellcheck disable=SC2086  # OVERRIDES is a space-separated list of key=value
+udavae sweep "${ARGS[@]}" ${OVERRIDES:-} || rc=$?
 echo "sweep wall time $(( $(date +%s) - START )) s (exit status $rc; AMP=$AMP COMPILE=${COMPILE:-none} JOBS=${JOBS:-3})"
 udavae compare "$OUT/sweep"
 exit $rc

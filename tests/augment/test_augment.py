@@ -254,6 +254,36 @@ def test_config_validation_of_augment_keys() -> None:
         build_config("gin-ipa", "tiny", {"augment.gin": False})
 
 
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+def test_cpu_and_paper_profiles_switch_standard_augmentation_on_except_over_a_presets_own(profile: str) -> None:
+    """Standard augmentation is the default of the full profiles; SLAug / GIN-IPA keep only its spatial part."""
+    from udavae.methods.presets import PRESETS, build_config
+
+    for preset in PRESETS:
+        aug = build_config(preset, profile).augment
+        own = aug.slaug or aug.gin
+        assert aug.spatial, preset
+        assert aug.intensity is not own, preset  # MONAI intensity transforms never stack on SLAug / GIN
+        assert not aug.target, preset
+        assert build_config(preset, "tiny").augment.intensity is (preset == "noadapt-aug"), preset
+    off = build_config("udavae++", profile, {"augment.spatial": False, "augment.intensity": False}).augment
+    assert not off.standard and not off.slaug and not off.gin
+
+
+def test_measured_grid_rows_pin_the_setting_they_were_trained_with() -> None:
+    """Rows of the results tables trained before the default changed keep training without standard augmentation."""
+    from udavae.engine.sweep_plan import build_plan, load_grid_file
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    for name in ("cpu_sweep_c0_lge.yaml", "cpu_sweep_lge_c0.yaml", "paper_sweep.yaml"):
+        plan = build_plan({**load_grid_file(bench / name), "dataset": "data"}, where=name)
+        for run in plan.runs:
+            cfg = build_config(run.preset, plan.profile, dict(o.split("=", 1) for o in run.overrides))
+            expected = run.preset in ("noadapt-aug", "slaug", "udavae++slaug", "gin-ipa")
+            assert cfg.augment.spatial is expected, (name, run.name)
+            assert cfg.augment.intensity is (run.preset == "noadapt-aug"), (name, run.name)
+
+
 @pytest.mark.parametrize("preset", ["udavae++", "cfdnet", "sifa", "pnp-adanet", "noadapt"])
 @pytest.mark.parametrize("aug", ["augment.slaug", "augment.gin"])
 def test_each_augmentation_composes_with_each_adaptation_method(

@@ -60,7 +60,13 @@ class GinIpa(UDAMethod):
     Options = GinIpaOptions
     presets: ClassVar[dict[str, Preset]] = {
         "gin-ipa": Preset(
-            {"model.wiring": "skip", "model.mean_head": "gate", "augment.spatial": True, "augment.gin": True},
+            {
+                "model.wiring": "skip",
+                "model.mean_head": "gate",
+                "augment.spatial": True,
+                "augment.intensity": False,
+                "augment.gin": True,
+            },
             "GIN-IPA (Ouyang et al. TMI 2023): random-convolution and IPA views + spatial augmentation, "
             "consistency between the views; uses no target images",
         ),

@@ -43,10 +43,10 @@ class NoAdapt(UDAMethod):
         "noadapt-aug": Preset(
             {**_NET, "augment.spatial": True, "augment.intensity": True},
             "noadapt with the standard augmentation (MONAI affine, elastic, gamma, bias field, "
-            "noise, blur); uses no target images",
+            "noise, blur) in every profile (the cpu and paper profiles switch it on anyway); uses no target images",
         ),
         "slaug": Preset(
-            {**_NET, "augment.spatial": True, "augment.slaug": True},
+            {**_NET, "augment.spatial": True, "augment.intensity": False, "augment.slaug": True},
             "SLAug (Su et al. AAAI 2023): noadapt segmenter, spatial augmentation + global/class-level "
             "location-scale views fused by saliency balancing; uses no target images",
         ),

@@ -168,6 +168,7 @@ class VAEMethod(VariationalMethod):
             {
                 **_vae("concat", "conv", True, True, True, "").overrides,
                 "augment.spatial": True,
+                "augment.intensity": False,
                 "augment.slaug": True,
             },
             "UDA-VAE++ with SLAug on the source (global + fused views, + spatial augmentation)",
