@@ -20,6 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from udavae.config import TrainConfig  # noqa: E402
+from udavae.engine.selection import first_eligible_epoch  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 #: rule -> (score column of an epoch, +1 higher is better / -1 lower is better); None: a fixed checkpoint.
 SCORES = {"entropy": -1, "agreement": 1, "plausibility": 1, "snd": 1, "label-free": 1}
@@ -62,7 +65,8 @@ def epoch_table(run: dict) -> list[dict]:
 
 
 def picks(epochs: list[dict], last: int) -> dict[str, dict]:
-    """The epoch row each rule picks."""
+    """The epoch row each rule picks, as the trainer picks it: the label-free score rules among the epochs after
+    ``train.selection_after`` (its default) of the schedule; ``label-free, any epoch`` without that wait."""
     raw = [e for e in epochs if e["variant"] == "raw"]
     chosen = {
         "val-dice": max(raw, key=lambda e: e["val"]),
@@ -72,10 +76,15 @@ def picks(epochs: list[dict], last: int) -> dict[str, dict]:
     ema = [e for e in epochs if e["variant"] == "ema" and e["epoch"] == last]
     if ema:
         chosen["ema"] = ema[0]
+    after = TrainConfig().selection_after
     for rule, sign in SCORES.items():
-        finite = [e for e in raw if np.isfinite(e[rule])]
+        first = first_eligible_epoch(rule, last, after)
+        finite = [e for e in raw if np.isfinite(e[rule]) and e["epoch"] >= first]
         if finite:
             chosen[rule] = max(finite, key=lambda e, r=rule, s=sign: s * e[r])
+    finite = [e for e in raw if np.isfinite(e["label-free"])]
+    if finite:
+        chosen["label-free, any epoch"] = max(finite, key=lambda e: e["label-free"])
     if all(e["source"] is not None for e in raw):
         chosen["source-dice (training cases)"] = max(raw, key=lambda e: e["source"])
     return chosen
@@ -232,6 +241,7 @@ RULE_ORDER = (
     "plausibility",
     "snd",
     "label-free",
+    "label-free, any epoch",
     "source-dice (training cases)",
     "test-oracle",
 )

@@ -324,6 +324,9 @@ class TrainConfig:
             when the target has labelled validation cases, else the label-free default of docs/selection.md),
             ``val-dice``, ``source-dice``, ``entropy``, ``agreement``, ``plausibility``, ``snd``, ``label-free``
             (an epoch chosen by that score), ``last`` or ``ema`` (the weight average at the last epoch).
+        selection_after: the label-free score rules choose among the epochs after this fraction of the
+            schedule (0.5: the second half; 0: any epoch). Early epochs can score well on plausibility and
+            agreement before their masks are right (docs/selection.md).
         ema: decay of the exponential moving average of the weights, updated after every step
             (0 = none; 0.99 averages over about the last 100 steps). Saved as ``checkpoints/ema.pt``.
         keep_epochs: keep every epoch's weights (and EMA) as ``checkpoints/epoch_NNN.pt`` (for studies of
@@ -337,6 +340,7 @@ class TrainConfig:
     """
 
     selection: str = "auto"
+    selection_after: float = 0.5
     ema: float = 0.99
     keep_epochs: bool = False
     labelfree_cases: int = 8
@@ -348,6 +352,8 @@ class TrainConfig:
         _choice("train.selection", self.selection, SELECTIONS)
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"train.ema must be in [0, 1), got {self.ema}")
+        if not 0.0 <= self.selection_after < 1.0:
+            raise ValueError(f"train.selection_after must be in [0, 1), got {self.selection_after}")
         if self.selection == "ema" and self.ema == 0.0:
             raise ValueError("train.selection=ema needs train.ema > 0 (e.g. train.ema=0.99)")
         if self.labelfree_cases < 0:

@@ -36,9 +36,15 @@ def test_every_preset_trains_and_selects_without_target_labels(
 ) -> None:
     cfg = build_config(preset, "tiny", {**tiny_overrides, "data.dataset": str(unlabelled)})
     fit = train(cfg, tmp_path / "run")
-    assert fit["selection"] == "ema" and fit["checkpoint"] == "ema" and fit["best_epoch"] == 2
     record = mf.read_selection(tmp_path / "run")
-    assert record["rule"] == "ema" and record["best_epoch"] == 2 and len(record["labelfree_cases"]) == 1
+    assert fit["selection"] == record["rule"] == "label-free" and len(record["labelfree_cases"]) == 1
+    # the label-free rule chooses in the second half of the 2-epoch schedule: epoch 2, or the last epoch
+    # where its score is undefined (no slice of the one label-free case held a heart)
+    assert record["first_epoch"] == 2 and [s["epoch"] for s in record["scores"]] == [1, 2]
+    finite = record["scores"][1]["score"] is not None and record["scores"][1]["score"] == record["scores"][1]["score"]
+    assert (fit["checkpoint"], fit["best_epoch"]) == (("best", 2) if finite else ("last", -1))
+    assert record["checkpoint"] == fit["checkpoint"]
+    assert mf.checkpoint_path(tmp_path / "run", record["checkpoint"]).is_file()
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert {"lf/entropy", "lf/agreement", "lf/plausibility", "lf/snd", "src/dice_mean"} <= set(rows[-1])
     assert "val/dice_mean" not in rows[-1]
@@ -55,10 +61,11 @@ def test_evaluate_on_held_out_source_and_predict_with_qc(
     run: Path, unlabelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["evaluate", str(run), "--split", "source-holdout", "--device", "cpu"]) == 0
-    folder = run / "eval" / "C0_source-holdout_ema"
+    chosen = mf.read_selection(run)["checkpoint"]
+    folder = run / "eval" / f"C0_source-holdout_{chosen}"
     summary = json.loads((folder / "summary.json").read_text())
     held = mf.read_selection(run)["source_holdout"]
-    assert summary["n_cases"] == len(held) == 1 and summary["checkpoint"] == "ema"
+    assert summary["n_cases"] == len(held) == 1 and summary["checkpoint"] == chosen
     qc = (folder / "qc.csv").read_text().splitlines()
     assert qc[0].startswith("case,") and "doubtful" in qc[0] and "dice_mean" in qc[0] and len(qc) == 2
     # one labelled case: its own worst case, flagged or not as qc.csv says; no rank correlation from one case

@@ -50,10 +50,11 @@ from udavae.engine.runtime import (
     uses_cudagraphs,
     validation_batch,
 )
-from udavae.engine.selection import Selector, resolve_rule
+from udavae.engine.selection import Selector, first_eligible_epoch, resolve_rule
 from udavae.engine.step import batch_to_device, load_optimizer_state, optimisation_step, remember_base_lr
 from udavae.engine.tracking import open_tracking, require_loggers
 from udavae.errors import DataError, UserError
+from udavae.evaluation.labelfree import CardiacRoles
 from udavae.fileio import FolderLock, ensure_writable_dir, remove_stale_temporaries, write_text
 from udavae.layout import LOG_CSV, LOG_JSONL
 from udavae.methods import build_method
@@ -240,10 +241,18 @@ class Trainer:
         seed_everything(cfg.runtime.seed + self.dist.rank)
         self.data = prepare_data(cfg)  # before creating RUN: a bad dataset leaves nothing behind
         try:
-            rule = resolve_rule(cfg.train.selection, self.data.has_val, cfg.train.ema > 0)
+            rule = resolve_rule(
+                cfg.train.selection,
+                self.data.has_val,
+                cfg.train.ema > 0,
+                cardiac=CardiacRoles.from_names(self.data.spec.labels.class_names) is not None,
+                has_labelfree=bool(self.data.labelfree_cases),
+            )
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        self.selector = Selector(rule)
+        self.selector = Selector(
+            rule, first_epoch=first_eligible_epoch(rule, cfg.optim.epochs, cfg.train.selection_after)
+        )
         if self.dist.is_main:
             ensure_writable_dir(self.run)
         labels = self.data.spec.labels
@@ -420,8 +429,12 @@ class Trainer:
             mark = "  <- chosen" if r["epoch"] == sel.best_epoch else ""
             lines.append(f"{r['epoch']:>5}  " + "  ".join(f"{_fmt(r.get(c)):>15}" for c in cols) + mark)
         tqdm.write("\n".join(lines))
+        among = f", chosen among epochs {sel.first_epoch}-{self.epoch}" if sel.first_epoch > 1 else ""
+        if sel.column and sel.best_epoch < 0:
+            tqdm.write(f"selection: {sel.column} was never finite{among}: falling back to the last epoch")
+        epoch = sel.best_epoch if sel.best_epoch >= 0 else self.epoch
         tqdm.write(
-            f"selection: {sel.rule} -> checkpoint '{sel.checkpoint}' (epoch {sel.best_epoch}); "
+            f"selection: {sel.rule} -> checkpoint '{sel.checkpoint}' (epoch {epoch}{among}); "
             f"recorded in {mf.selection_path(self.run)}"
         )
 
