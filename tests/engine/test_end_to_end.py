@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -229,9 +230,12 @@ def test_dataset_without_validation_split(tmp_path: Path, dataset: Path, capsys)
     (copy / "dataset.json").write_text(json.dumps(spec))
     out = tmp_path / "run"
     assert main(["train", "--dataset", str(copy), "--out", str(out), *TRAIN_ARGS]) == 0
-    assert "selection: ema -> checkpoint 'ema' (epoch 2)" in capsys.readouterr().out
     record = json.loads((out / "selection.json").read_text())
-    assert record["rule"] == "ema" and record["checkpoint"] == "ema" and record["best_epoch"] == 2
+    assert record["rule"] == "label-free" and record["first_epoch"] == 2  # the second half of 2 epochs
+    score = record["scores"][-1]["score"]
+    chosen = "best" if score is not None and math.isfinite(score) else "last"  # "last" where no heart was predicted
+    assert (record["checkpoint"], record["best_epoch"]) == ((chosen, 2) if chosen == "best" else (chosen, -1))
+    assert f"selection: label-free -> checkpoint '{chosen}' (epoch 2, the only epoch eligible)" in capsys.readouterr().out
     assert len(record["source_holdout"]) == 1  # 10% of the source cases, at least one, scored every epoch
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert "src/dice_mean" in rows[-1] and "val/dice_mean" not in rows[-1]

@@ -429,7 +429,11 @@ class Trainer:
             mark = "  <- chosen" if r["epoch"] == sel.best_epoch else ""
             lines.append(f"{r['epoch']:>5}  " + "  ".join(f"{_fmt(r.get(c)):>15}" for c in cols) + mark)
         tqdm.write("\n".join(lines))
-        among = f", chosen among epochs {sel.first_epoch}-{self.epoch}" if sel.first_epoch > 1 else ""
+        among = ""
+        if 1 < sel.first_epoch < self.epoch:
+            among = f", chosen among epochs {sel.first_epoch}-{self.epoch}"
+        elif sel.first_epoch == self.epoch > 1:
+            among = ", the only epoch eligible"
         if sel.column and sel.best_epoch < 0:
             tqdm.write(f"selection: {sel.column} was never finite{among}: falling back to the last epoch")
         epoch = sel.best_epoch if sel.best_epoch >= 0 else self.epoch
