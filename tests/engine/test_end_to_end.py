@@ -235,7 +235,8 @@ def test_dataset_without_validation_split(tmp_path: Path, dataset: Path, capsys)
     score = record["scores"][-1]["score"]
     chosen = "best" if score is not None and math.isfinite(score) else "last"  # "last" where no heart was predicted
     assert (record["checkpoint"], record["best_epoch"]) == ((chosen, 2) if chosen == "best" else (chosen, -1))
-    assert f"selection: label-free -> checkpoint '{chosen}' (epoch 2, the only epoch eligible)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"selection: label-free -> checkpoint '{chosen}' (epoch 2, the only epoch eligible)" in printed
     assert len(record["source_holdout"]) == 1  # 10% of the source cases, at least one, scored every epoch
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert "src/dice_mean" in rows[-1] and "val/dice_mean" not in rows[-1]
