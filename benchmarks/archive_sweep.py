@@ -10,6 +10,7 @@ Checkpoints stay in the work folder.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -26,10 +27,11 @@ def archive(sweep: Path, dest: Path) -> list[str]:
     for name in SWEEP_FILES:
         if (sweep / name).is_file():
             shutil.copy2(sweep / name, dest / name)
+    status = json.loads((sweep / "status.json").read_text()) if (sweep / "status.json").is_file() else {}
     copied = []
     for run in sorted((sweep / "runs").glob("*")):
-        if not (run / "eval").is_dir():
-            continue  # not evaluated yet
+        if not (run / "eval").is_dir() or status.get(run.name, {}).get("state") != "done":
+            continue  # not finished: a run still training may hold evaluations of an earlier attempt
         out = dest / "runs" / run.name
         out.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
