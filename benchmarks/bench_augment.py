@@ -22,6 +22,7 @@ import torch
 from common import cpu_description, repo_relative
 
 from udavae.augment import SourceAugmenter
+from udavae.config import STANDARD_AUGMENTATION
 from udavae.data.sampling import make_loader
 from udavae.engine.step import batch_to_device, optimisation_step
 from udavae.engine.trainer import prepare_data
@@ -33,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 #: Presets timed as published, without the standard augmentation the cpu profile switches on (as the rows of the
 #: results tables; noadapt-aug is the row with it).
 AS_PUBLISHED = ("noadapt", "udavae++")
-PIN = {"augment.spatial": False, "augment.intensity": False}
+PIN = dict.fromkeys(STANDARD_AUGMENTATION, False)
 
 
 def time_preset(spec: str, dataset: str, steps: int, warmup: int) -> dict:
